@@ -1,0 +1,71 @@
+"""`slimkv <command> ...`: argument parsing and printing only; the work lives in the library.
+
+Each command is a module `slimkv.cli.<name>` exposing `add_arguments(parser)` and `run(args) -> int | None`.
+Modules are imported only when their command runs, so `slimkv --help` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+# command name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "main": ("slimkv.cli.main_job", "the end-to-end job: fetch corpus, train tiny Rodimus+, evaluate, plot"),
+    "demo": ("slimkv.cli.demo", "build a small Rodimus+ model, generate, compare cache bytes with a Transformer"),
+    "fetch": ("slimkv.cli.fetch", "fetch offline assets: corpus, smollm2, qwen2.5-0.5b"),
+    "train": ("slimkv.cli.train", "train a model from a YAML config (with --field=value overrides)"),
+    "eval": ("slimkv.cli.eval", "evaluate a model: perplexity on a file or corpus split"),
+    "generate": ("slimkv.cli.generate", "generate text from a saved model"),
+    "convert": ("slimkv.cli.convert", "convert checkpoints: official <-> slimkv"),
+    "recurformer": ("slimkv.cli.recurformer", "RecurFormer: profile | convert | train"),
+    "bench": ("slimkv.cli.bench", "benchmarks that write JSON and PNG"),
+}
+
+
+class CliError(Exception):
+    """A user mistake: printed as one line, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="slimkv", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_) in COMMANDS.items():
+        sub.add_parser(name, help=help_, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        parser = build_parser()
+        if argv and argv[0] not in ("-h", "--help"):
+            parser.print_usage(sys.stderr)
+            print(f"slimkv: error: unknown command {argv[0]!r}; choose from {', '.join(COMMANDS)}", file=sys.stderr)
+            return 2
+        parser.print_help()
+        return 0
+    name = argv[0]
+    module = importlib.import_module(COMMANDS[name][0])
+    parser = argparse.ArgumentParser(prog=f"slimkv {name}", description=COMMANDS[name][1])
+    module.add_arguments(parser)
+    args = parser.parse_args(argv[1:])
+    try:
+        code = module.run(args)
+    except (CliError, ValueError, FileNotFoundError, KeyError) as err:
+        msg = str(err).strip().strip('"') or type(err).__name__
+        print(f"slimkv {name}: error: {msg.splitlines()[0] if len(msg.splitlines()) == 1 else ' '.join(msg.split())}",
+              file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"slimkv {name}: interrupted", file=sys.stderr)
+        return 130
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Stateless math. Nothing here owns parameters or imports from layers/models."""
