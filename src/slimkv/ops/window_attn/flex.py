@@ -1,0 +1,103 @@
+"""Windowed causal attention with FlexAttention block masks: the GPU backend.
+
+legend: B batch, T time, H query heads, Hk key heads, Hv value heads, D key dim, Dv value dim
+
+The mask (causal, at most `window` previous keys, padded keys off) is a FlexAttention mask_mod; the block mask built
+from it lets the fused kernel skip every key block outside the window, so time and memory grow as T * window.
+On CUDA the compiled kernel runs; elsewhere flex_attention runs eagerly (dense scores, fine for tests only).
+FlexAttention needs key and value to have the same number of heads, so SW-SKA's single shared key (Hk = 1) is
+broadcast to the value heads as a stride-0 view, never copied.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+
+@functools.cache
+def _compiled_flex_attention():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention)
+
+
+def _window_mask_mod(window: int | None, key_padding_mask: torch.Tensor | None):
+    def mask_mod(batch, head, query_idx, key_idx):
+        allowed = key_idx <= query_idx
+        if window is not None:
+            allowed = allowed & (query_idx - key_idx <= window)
+        if key_padding_mask is not None:
+            allowed = allowed & key_padding_mask[batch, key_idx]
+        return allowed
+
+    return mask_mod
+
+
+@functools.lru_cache(maxsize=32)
+def _unpadded_block_mask(T: int, window: int | None, device: torch.device):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    # compiled mask building never materialises the dense [T, T] mask; worth it on CUDA only
+    return create_block_mask(
+        _window_mask_mod(window, None), None, None, T, T, device=device, _compile=device.type == "cuda"
+    )
+
+
+def window_block_mask(T: int, window: int | None, key_padding_mask: torch.Tensor | None, device: torch.device):
+    """The FlexAttention BlockMask of `window_attention`; cached per (T, window, device) when there is no padding."""
+    if key_padding_mask is None:
+        return _unpadded_block_mask(T, window, torch.device(device))
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    device = torch.device(device)
+    B = key_padding_mask.shape[0]
+    mask_mod = _window_mask_mod(window, key_padding_mask)
+    return create_block_mask(mask_mod, B, None, T, T, device=device, _compile=device.type == "cuda")
+
+
+def _match_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """[B, Hx, T, E] -> [B, num_heads, T, E], head hx serving num_heads // Hx consecutive heads."""
+    B, Hx, T, E = x.shape
+    if Hx == num_heads:
+        return x
+    if Hx == 1:
+        return x.expand(B, num_heads, T, E)
+    return x.repeat_interleave(num_heads // Hx, dim=1)
+
+
+def window_attention_flex(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    window: int | None = None,
+    scale: float | None = None,
+    key_padding_mask: torch.Tensor | None = None,
+    compiled: bool | None = None,
+) -> torch.Tensor:
+    """q [B, T, H, D], k [B, T, Hk, D], v [B, T, Hv, Dv], key_padding_mask [B, T] (True = real) -> [B, T, H, Dv].
+
+    compiled: run the fused kernel through torch.compile; default True on CUDA, False elsewhere.
+    """
+    from torch.nn.attention.flex_attention import flex_attention
+
+    B, T, H, D = q.shape
+    Hk, Hv = k.shape[2], v.shape[2]
+    scale = D**-0.5 if scale is None else scale
+    if compiled is None:
+        compiled = q.is_cuda
+    # flex wants key and value with one head count dividing H: the larger of the two when it divides the other
+    if Hk == Hv:
+        kv_heads = Hk
+    elif max(Hk, Hv) % min(Hk, Hv) == 0:
+        kv_heads = max(Hk, Hv)
+    else:
+        kv_heads = H
+    # [B, H, T, D], [B, kv_heads, T, D], [B, kv_heads, T, Dv]
+    q_heads = q.transpose(1, 2)
+    k_heads = _match_heads(k.transpose(1, 2), kv_heads)
+    v_heads = _match_heads(v.transpose(1, 2), kv_heads)
+    block_mask = window_block_mask(T, window, key_padding_mask, q.device)
+    attend = _compiled_flex_attention() if compiled else flex_attention
+    out = attend(q_heads, k_heads, v_heads, block_mask=block_mask, scale=scale, enable_gqa=kv_heads != H)
+    return out.transpose(1, 2)
