@@ -1,0 +1,67 @@
+"""`slimkv train CONFIG [--section.field=value ...] [--resume [PATH]]`
+
+Runs the same way on one CPU, one GPU, or N GPUs under `torchrun --nproc_per_node=N -m slimkv.cli.main train ...`
+(with --train.parallel=ddp or fsdp). Ctrl-C saves a checkpoint and exits 130; a NaN loss exits 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..train.config import load_run_config
+from ..train.trainer import Trainer, TrainingInterrupted
+
+
+def _add_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--resume", nargs="?", const=True, default=None, metavar="PATH",
+                        help="continue from the latest checkpoint of this run, or from PATH (run or checkpoint dir)")
+    parser.add_argument("--json", default=None, metavar="PATH", help="write a summary of the run as JSON")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="YAML run config (see configs/)")
+    _add_options(parser)
+    # everything after CONFIG: config overrides, plus --resume / --json given after them (sorted out in run)
+    parser.add_argument("overrides", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    parser.epilog = "Any config field can be overridden: --optim.lr=3e-4 --model.arch=llama --train.steps=100"
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+
+
+def _split_overrides(args: argparse.Namespace) -> list[str]:
+    """Pick --resume / --json out of the trailing arguments; the rest must be --section.field=value."""
+    options = argparse.ArgumentParser(add_help=False)
+    _add_options(options)
+    late, rest = options.parse_known_args(args.overrides or [])
+    args.resume = late.resume if late.resume is not None else args.resume
+    args.json = late.json or args.json
+    for item in rest:
+        if not item.startswith("--") or "=" not in item:
+            raise ValueError(f"unrecognised argument {item!r}; config overrides look like --section.field=value")
+    return rest
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides = _split_overrides(args)
+    config = load_run_config(args.config, overrides)
+    trainer = Trainer(config, resume=args.resume)
+    try:
+        result = trainer.fit()
+    except TrainingInterrupted as stop:
+        print(f"slimkv train: {stop}", file=sys.stderr)
+        return 130
+    summary = {"run_dir": str(result.run_dir), "steps": result.steps, "tokens_seen": result.tokens_seen,
+               "final_loss": result.losses[-1] if result.losses else None, "heldout_loss": result.heldout_loss,
+               "heldout_ppl": result.heldout_ppl, "params": result.params,
+               "checkpoint": str(result.checkpoint) if result.checkpoint else None}
+    if trainer.is_main:
+        print(json.dumps(summary))
+        if args.json:
+            from pathlib import Path
+
+            from ..train.checkpoint import write_text_atomic
+
+            path = Path(args.json)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(path, json.dumps(summary, indent=2) + "\n")
+    return 0

@@ -1,0 +1,190 @@
+"""The run config of `slimkv train`: six sections (model / data / optim / train / eval / log) of typed dataclasses.
+
+Load with `load_run_config("configs/tiny.yaml", ["--optim.lr=3e-4"])`; every field can be overridden with
+`--section.field=value`. Each field's comment (the line above it) is its documentation.
+"""
+from __future__ import annotations
+
+import os
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ..config import config_from_dict, load_config
+
+
+@dataclass
+class ModelConfig:
+    # which network: Rodimus (pure recurrent), Rodimus+ (recurrent + sliding-window shared-key attention),
+    # or a Llama-style Transformer baseline (transformers.LlamaForCausalLM)
+    arch: Literal["rodimus", "rodimus_plus", "llama"] = "rodimus_plus"
+    # token vocabulary; 0 = take it from the data's tokenizer
+    vocab_size: int = 0
+    # model width d
+    hidden_size: int = 256
+    # number of layers; 0 = look the arch up in layers_by_arch (so presets keep sizes matched per arch)
+    num_hidden_layers: int = 0
+    # layers per arch when num_hidden_layers is 0, e.g. {rodimus: 4, rodimus_plus: 2, llama: 2}
+    layers_by_arch: dict[str, int] = field(default_factory=dict)
+    # Rodimus recurrent state rows m ("expansion factor n" in the paper)
+    mem_size: int = 64
+    # Rodimus inner width e = expand_ratio * d
+    expand_ratio: float = 2.0
+    # attention heads (Rodimus+ SW-SKA query heads, Llama heads); 0 = d / 128 for rodimus_plus, d / 64 for llama
+    num_heads: int = 0
+    # Llama key/value heads; 0 = num_heads (plain multi-head attention)
+    num_key_value_heads: int = 0
+    # Rodimus+ attention window W (official semantics: each query sees the previous W/2 tokens)
+    window_size: int = 4096
+    # Llama FFN width; 0 = 8/3 d rounded up to a multiple of 64
+    intermediate_size: int = 0
+    # position limit; training seq_len and evaluation windows must not exceed it
+    max_position_embeddings: int = 2048
+    # share the embedding with the LM head
+    tie_word_embeddings: bool = True
+    # std of the normal init of linear and embedding weights
+    initializer_range: float = 0.02
+    # any further Hugging Face config fields, passed through unchanged
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def resolved_num_layers(self) -> int:
+        if self.num_hidden_layers > 0:
+            return self.num_hidden_layers
+        if self.arch in self.layers_by_arch:
+            return self.layers_by_arch[self.arch]
+        raise ValueError(f"config field 'model.num_hidden_layers' is 0 and 'model.layers_by_arch' has no {self.arch!r}")
+
+
+@dataclass
+class DataConfig:
+    # where training sequences come from: the fetched corpus (slimkv fetch corpus) or random synthetic tokens
+    source: Literal["corpus", "synthetic"] = "corpus"
+    # data directory; "" = $SLIMKV_DATA or ./data
+    data_dir: str = ""
+    # tokens per training sequence (the model sees seq_len tokens and predicts seq_len targets)
+    seq_len: int = 256
+    # tokenizer vocabulary size (byte-level BPE trained on the training split)
+    tokenizer_vocab_size: int = 8192
+    # synthetic source only: number of tokens in the synthetic stream and its vocabulary
+    synthetic_tokens: int = 1_000_000
+    synthetic_vocab_size: int = 512
+    # seed of the data order (kept separate from train.seed so model init and data order vary independently)
+    seed: int = 1234
+
+    def resolved_data_dir(self) -> str:
+        return self.data_dir or os.environ.get("SLIMKV_DATA", "data")
+
+
+@dataclass
+class OptimConfig:
+    # peak learning rate (reached after warmup)
+    lr: float = 1e-3
+    # AdamW betas (the paper's 0.9 / 0.95)
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    # decoupled weight decay; biases, norm weights, Rodimus D and the untied embedding get none
+    weight_decay: float = 0.1
+    # linear warmup steps, then cosine decay to min_lr_ratio * lr at train.steps
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1
+    # clip the global gradient norm to this; 0 = no clipping
+    grad_clip: float = 1.0
+
+
+@dataclass
+class TrainSection:
+    # run name; outputs go to <out_dir>/<name>/
+    name: str = "run"
+    out_dir: str = "runs"
+    # optimizer steps
+    steps: int = 1000
+    # sequences per optimizer step, over all ranks and accumulation steps together
+    batch_size: int = 32
+    # sequences per forward pass on one rank; accumulation = batch_size / (micro_batch_size * world size)
+    micro_batch_size: int = 8
+    seed: int = 0
+    # "auto" = cuda if available else cpu
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # "auto" = bf16 autocast on CUDA, float32 on CPU
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # multi-process engine under torchrun: none, DistributedDataParallel, or FSDP2 (fully_shard)
+    parallel: Literal["none", "ddp", "fsdp"] = "none"
+    # recompute each block's activations in backward (less memory, ~30% more compute)
+    activation_checkpointing: bool = False
+    # torch.compile each block
+    compile: bool = False
+    # save a checkpoint every N steps (0 = only at the end); the last keep_checkpoints are kept
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 2
+    # export a Hugging Face folder (save_pretrained + tokenizer) to <run>/model at the end
+    export_model: bool = True
+    # testing aid: make the loss NaN at this step (-1 = off) to exercise the divergence guard
+    debug_nan_at_step: int = -1
+
+
+@dataclass
+class EvalConfig:
+    # held-out perplexity every N steps (0 = only at the end); -1 = never
+    every: int = 200
+    # held-out batches per evaluation (of train.micro_batch_size sequences per rank); 0 = the whole split
+    max_batches: int = 16
+
+
+@dataclass
+class LogConfig:
+    # log training metrics every N steps
+    every: int = 10
+    # metrics.jsonl in the run directory
+    jsonl: bool = True
+    # TensorBoard event files in <run>/tb
+    tensorboard: bool = True
+    # tqdm progress bar (rank 0 only)
+    progress: bool = True
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainSection = field(default_factory=TrainSection)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+def load_run_config(path: str | os.PathLike, overrides: typing.Sequence[str] = ()) -> RunConfig:
+    """Load a run config from YAML plus `--section.field=value` overrides, then check cross-field rules."""
+    config = load_config(path, overrides, schema=RunConfig)
+    validate(config)
+    return config
+
+
+def run_config_from_dict(data: dict, overrides: typing.Sequence[str] = ()) -> RunConfig:
+    config = config_from_dict(RunConfig, data, overrides)
+    validate(config)
+    return config
+
+
+def validate(config: RunConfig) -> None:
+    """Rules that span fields; each failure names the field in one line."""
+    model, data, train = config.model, config.data, config.train
+    model.resolved_num_layers()
+    positive = {
+        "model.hidden_size": model.hidden_size, "data.seq_len": data.seq_len, "train.steps": train.steps,
+        "train.batch_size": train.batch_size, "train.micro_batch_size": train.micro_batch_size,
+        "optim.lr": config.optim.lr, "model.max_position_embeddings": model.max_position_embeddings,
+    }
+    for name, value in positive.items():
+        if value <= 0:
+            raise ValueError(f"config field {name!r} must be positive, got {value}")
+    if data.seq_len > model.max_position_embeddings:
+        raise ValueError(f"config field 'data.seq_len' ({data.seq_len}) exceeds the model's position limit "
+                         f"'model.max_position_embeddings' ({model.max_position_embeddings})")
+    if train.batch_size % train.micro_batch_size:
+        raise ValueError(f"config field 'train.batch_size' ({train.batch_size}) must be a multiple of "
+                         f"'train.micro_batch_size' ({train.micro_batch_size})")
+    if config.optim.warmup_steps < 0:
+        raise ValueError("config field 'optim.warmup_steps' must be >= 0")
+    if not 0.0 <= config.optim.min_lr_ratio <= 1.0:
+        raise ValueError("config field 'optim.min_lr_ratio' must be within [0, 1]")

@@ -1,0 +1,47 @@
+"""Build the trainer's train / held-out sequence sources from the `data` config section."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .batches import PackedTokenSource, SequenceSource, synthetic_tokens
+from .config import DataConfig
+
+
+@dataclass
+class DataSources:
+    train: SequenceSource
+    heldout: SequenceSource | None
+    vocab_size: int
+    # a Hugging Face tokenizer.json to ship with exported models (None for synthetic data)
+    tokenizer_file: Path | None = None
+
+
+def synthetic_sources(cfg: DataConfig) -> DataSources:
+    """A learnable synthetic stream, its last tenth held out (same distribution, never trained on)."""
+    heldout_tokens = max(cfg.synthetic_tokens // 10, 2 * (cfg.seq_len + 1))
+    tokens = synthetic_tokens(cfg.synthetic_tokens + heldout_tokens, cfg.synthetic_vocab_size, cfg.seed)
+    train = PackedTokenSource(tokens[:cfg.synthetic_tokens], cfg.seq_len, cfg.synthetic_vocab_size, seed=cfg.seed)
+    heldout = HeldoutSource(tokens[cfg.synthetic_tokens:], cfg.seq_len, cfg.synthetic_vocab_size)
+    return DataSources(train=train, heldout=heldout, vocab_size=cfg.synthetic_vocab_size)
+
+
+class HeldoutSource(PackedTokenSource):
+    """Held-out sequences in file order (no shuffling), each seq_len + 1 tokens, non-overlapping targets."""
+
+    def _order(self, epoch: int):
+        import numpy as np
+
+        return np.arange(self.num_sequences)
+
+
+def corpus_sources(cfg: DataConfig) -> DataSources:
+    from .corpus_adapter import corpus_sources as build
+
+    return build(cfg)
+
+
+def build_sources(cfg: DataConfig) -> DataSources:
+    if cfg.source == "synthetic":
+        return synthetic_sources(cfg)
+    return corpus_sources(cfg)

@@ -1,0 +1,71 @@
+"""AdamW with the official Rodimus no-decay exclusions, and linear warmup + cosine decay.
+
+Exclusions (spec/rodimus.md section 4; codefuse-ai/rodimus `_set_no_weight_decay`): biases, norm weights, the
+Rodimus `residual_weight` D, and the input embedding only when it is NOT tied to the LM head (a tied embedding is
+the LM head's weight, which the official code decays).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .config import OptimConfig
+
+
+def no_weight_decay_names(model: nn.Module) -> set[str]:
+    """Names (as in `model.named_parameters()`) of parameters trained without weight decay.
+
+    A model may list its own with a `no_weight_decay_param_names()` method; otherwise: every 1-D parameter
+    (biases, norm weights, D) plus the embedding when untied.
+    """
+    own = getattr(model, "no_weight_decay_param_names", None)
+    if callable(own):
+        return set(own())
+    names = {name for name, param in model.named_parameters() if param.ndim < 2 or name.endswith("residual_weight")}
+    get_input, get_output = getattr(model, "get_input_embeddings", None), getattr(model, "get_output_embeddings", None)
+    if get_input is not None and get_input() is not None:
+        embedding = get_input().weight
+        head = get_output() if get_output is not None else None
+        tied = head is not None and head.weight is embedding
+        if not tied:
+            names.update(name for name, param in model.named_parameters() if param is embedding)
+    return names
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two AdamW groups (decay, no decay); each parameter once, in `named_parameters` order."""
+    excluded = no_weight_decay_names(model)
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if name in excluded else decay).append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
+    # foreach=False: the per-parameter loop gives bitwise-identical updates regardless of how DTensor shards
+    # are grouped, which keeps FSDP and single-process runs comparable
+    return torch.optim.AdamW(
+        param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, foreach=False,
+    )
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
+    """Multiplier of the peak lr at optimizer step `step` (0-based): linear warmup, then cosine to min_lr_ratio."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    decay_steps = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / decay_steps)
+    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int):
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, cfg.warmup_steps, total_steps, cfg.min_lr_ratio)
+    )
