@@ -1,0 +1,1 @@
+"""Checkpoint conversion workflows (official Rodimus layout <-> slimkv)."""

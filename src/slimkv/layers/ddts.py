@@ -1,0 +1,139 @@
+"""The Rodimus mixer: data-dependent tempered selection (DDTS) over gated linear attention.
+
+legend: B batch, T time, d model width, e inner width (= expand_ratio * d), m memory size (keys), r low rank
+
+    [x | z] = h W_fc;  x~ = SiLU(conv(x));  [q | k] = x~ W_in;  [g^ | t^] = x~ W_mem + b  (float32)
+    g = softplus(g^), tau = sigmoid(t^), log alpha = -tau * g, input gate = g ** tau, k^ = k / ||k||
+    v = sigmoid(low-rank(x)) * x        (the UN-convolved x)
+    S_t = diag(alpha_t) S_{t-1} + (g_t ** tau_t * k^_t)^T v_t,    o_t = m^-1/2 q_t S_t + D * x~_t
+    y = W_out(RMSNorm(o * SiLU(z)))
+
+See shared/spec/rodimus.md section 1. One head: the state is a single [m, e] matrix.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..ops.conv import causal_conv1d, causal_conv1d_step
+from ..ops.gla import gla, gla_step
+from .norm import GatedRMSNorm, upcast
+
+
+def align8(n: int) -> int:
+    return (n + 7) // 8 * 8
+
+
+def ddts_low_rank(hidden_size: int, low_rank: int | str = "auto") -> int:
+    # rank follows d (not e), as in the official code
+    return max(hidden_size // 64, 16) if low_rank == "auto" else int(low_rank)
+
+
+class DDTSMixer(nn.Module):
+    def __init__(
+        self,
+        hidden_size: int,
+        expand_ratio: float = 2.0,
+        mem_size: int = 64,
+        conv_size: int = 4,
+        low_rank: int | str = "auto",
+        normalize_epsilon: float = 1e-12,
+        norm_epsilon: float = 1e-5,
+        out_size: int | None = None,
+        gla_backend: str = "auto",
+    ):
+        super().__init__()
+        d = hidden_size
+        e = align8(int(d * expand_ratio))
+        m = mem_size
+        r = ddts_low_rank(d, low_rank)
+        self.inner_size, self.mem_size, self.conv_size = e, m, conv_size
+        self.normalize_epsilon = normalize_epsilon
+        self.gla_backend = gla_backend
+
+        self.fc = nn.Linear(d, 2 * e, bias=False)
+        self.conv = nn.Conv1d(e, e, conv_size, groups=e, bias=True)
+        self.qk_proj = nn.Linear(e, 2 * m, bias=False)
+        self.gate_proj = nn.Linear(e, 2 * m, bias=True)
+        self.channel_gate = nn.Sequential(nn.Linear(e, r, bias=False), nn.Linear(r, e, bias=True))
+        self.D = nn.Parameter(torch.ones(e))
+        self.out_norm = GatedRMSNorm(e, eps=norm_epsilon)
+        self.out_proj = nn.Linear(e, out_size or d, bias=False)
+
+        # markers read by the model's initialisation (spec section 4)
+        for lin in (self.qk_proj, self.gate_proj, self.channel_gate[0], self.channel_gate[1]):
+            lin._init_xavier_gain = 2**-2.5
+        self.gate_proj._ddts_gate_bias = m
+        self.out_proj._is_residual_out = True
+        self.D._no_weight_decay = True
+
+    def state_shapes(self, batch_size: int) -> dict[str, tuple[int, ...]]:
+        return {
+            "conv_state": (batch_size, self.inner_size, self.conv_size - 1),
+            "ssm_state": (batch_size, 1, self.mem_size, self.inner_size),
+        }
+
+    def _gates(self, x_conv: torch.Tensor):
+        """Selection/temperature gates and normalised keys, all in float32."""
+        q, k = self.qk_proj(x_conv).split(self.mem_size, dim=-1)
+        w, b = upcast(self.gate_proj.weight), upcast(self.gate_proj.bias)
+        g_hat, t_hat = F.linear(upcast(x_conv), w, b).split(self.mem_size, dim=-1)
+        g = F.softplus(g_hat)
+        tau = torch.sigmoid(t_hat)
+        log_decay = -tau * g
+        input_gate = g.pow(tau)
+        k = upcast(k)
+        k_hat = k / k.norm(dim=-1, keepdim=True).clamp_min(self.normalize_epsilon)
+        return q, k_hat * input_gate, log_decay
+
+    def forward(
+        self,
+        h: torch.Tensor,
+        conv_state: torch.Tensor | None = None,
+        ssm_state: torch.Tensor | None = None,
+        padding_mask: torch.Tensor | None = None,
+        use_cache: bool = False,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """h [B, T, d]; padding_mask [B, T] bool (True = real token). Returns y [B, T, out] and the new
+        (conv_state [B, e, k-1], ssm_state [B, 1, m, e]) when use_cache, else None."""
+        B, T, _ = h.shape
+        x, z = self.fc(h).chunk(2, dim=-1)
+        if padding_mask is not None:
+            # padded positions must not touch the conv history or the state
+            x = x * padding_mask.unsqueeze(-1).to(x.dtype)
+        conv_w = self.conv.weight.squeeze(1)
+        decoding = T == 1 and conv_state is not None and ssm_state is not None
+        if decoding:
+            x_conv, new_conv = causal_conv1d_step(x[:, 0], conv_w, self.conv.bias, conv_state)
+            x_conv = x_conv.unsqueeze(1)
+        else:
+            x_conv, new_conv = causal_conv1d(x, conv_w, self.conv.bias, conv_state, output_final_state=use_cache)
+        x_conv = F.silu(x_conv)
+
+        q, k, log_decay = self._gates(x_conv)
+        v = torch.sigmoid(self.channel_gate(x)) * x
+        scale = self.mem_size**-0.5
+        if decoding:
+            o, new_ssm = gla_step(q[:, 0, None].to(k.dtype), k[:, 0, None], v[:, 0, None].to(k.dtype),
+                                  log_decay[:, 0, None], ssm_state, scale)
+            o = o.unsqueeze(1)
+        else:
+            o, new_ssm = gla(
+                q.unsqueeze(2), k.to(q.dtype).unsqueeze(2), v.unsqueeze(2), log_decay.unsqueeze(2), scale,
+                initial_state=ssm_state, output_final_state=use_cache, backend=self.gla_backend,
+            )
+        o = upcast(o.squeeze(2)) + upcast(self.D) * upcast(x_conv)
+        y = self.out_proj(self.out_norm(o, z).to(h.dtype))
+        return y, ((new_conv, new_ssm) if use_cache else None)
+
+
+@torch.no_grad()
+def ddts_gate_bias_init(mem_size: int) -> torch.Tensor:
+    """Official initial bias of `gate_proj` (spec section 4): [selection (m) | temperature (m)]."""
+    dt = torch.exp(torch.empty(mem_size).uniform_(math.log(1e-3), math.log(1e-1))).clamp_min(1e-4)
+    selection = dt + torch.log(-torch.expm1(-dt))  # inverse softplus
+    temperature = torch.empty(mem_size).uniform_(1 / 16, 0.9)
+    return torch.cat([selection, torch.log(temperature) - torch.log1p(-temperature)])  # logit

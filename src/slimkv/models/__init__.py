@@ -1,0 +1,12 @@
+"""Model configs and Hugging Face classes; importing this registers them with the Auto classes."""
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+from .cache import RodimusCache
+from .configuration import RodimusConfig
+from .modeling import RodimusForCausalLM, RodimusModel, RodimusPreTrainedModel
+
+AutoConfig.register(RodimusConfig.model_type, RodimusConfig, exist_ok=True)
+AutoModel.register(RodimusConfig, RodimusModel, exist_ok=True)
+AutoModelForCausalLM.register(RodimusConfig, RodimusForCausalLM, exist_ok=True)
+
+__all__ = ["RodimusCache", "RodimusConfig", "RodimusForCausalLM", "RodimusModel", "RodimusPreTrainedModel"]

@@ -1,0 +1,103 @@
+"""RodimusConfig: one config for Rodimus (purely recurrent) and Rodimus+ (recurrent + SW-SKA + FFN)."""
+from __future__ import annotations
+
+from transformers import PreTrainedConfig
+
+BLOCK_TYPES = ("rodimus", "rodimus_plus")
+
+
+class RodimusConfig(PreTrainedConfig):
+    r"""
+    Args:
+        block_type: "rodimus" (X + DDTS(norm X)) or "rodimus_plus" (two-hop residual with SW-SKA and a SwiGLU FFN).
+        hidden_size: model width d.  num_hidden_layers: L.  vocab_size: V.
+        expand_ratio: DDTS inner width e = align8(d * expand_ratio).  mem_size: m, the state's key size.
+        conv_size: short-conv kernel.  input_gate_low_rank: rank of the channel gate ("auto" = max(d // 64, 16)).
+        normalize_epsilon: floor of ||k|| when normalising keys (1e-12; 1e-5 in the Coder checkpoints).
+        num_heads: SW-SKA query/value heads (default d // 128).  window_size: official W; each query sees the W // 2
+            previous tokens and itself.  ffn_expand_ratio: FFN width f = align8(d * ratio).
+        rope_theta, rotary_dim: RoPE base and rotated dims (None = full head dim).
+        gla_backend / attn_backend: "auto" (Triton/Flex on CUDA, chunked PyTorch elsewhere) or a named backend.
+    """
+
+    model_type = "slimkv_rodimus"
+    keys_to_ignore_at_inference = ["past_key_values"]
+
+    def __init__(
+        self,
+        vocab_size: int = 32000,
+        hidden_size: int = 1024,
+        num_hidden_layers: int = 24,
+        block_type: str = "rodimus",
+        expand_ratio: float = 2.0,
+        mem_size: int = 64,
+        conv_size: int = 4,
+        input_gate_low_rank: int | str = "auto",
+        normalize_epsilon: float = 1e-12,
+        num_heads: int | None = None,
+        window_size: int = 4096,
+        ffn_expand_ratio: float = 4 / 3,
+        rope_theta: float = 10000.0,
+        rotary_dim: int | None = None,
+        rms_norm_eps: float = 1e-5,
+        initializer_range: float = 0.02,
+        max_position_embeddings: int = 2048,
+        residual_in_fp32: bool = True,
+        gla_backend: str = "auto",
+        attn_backend: str = "auto",
+        use_cache: bool = True,
+        tie_word_embeddings: bool = True,
+        bos_token_id: int | None = None,
+        eos_token_id: int | None = None,
+        pad_token_id: int | None = None,
+        **kwargs,
+    ):
+        if block_type not in BLOCK_TYPES:
+            raise ValueError(f"block_type must be one of {BLOCK_TYPES}, got {block_type!r}")
+        if num_heads is None:
+            num_heads = max(hidden_size // 128, 1)
+        if block_type == "rodimus_plus" and hidden_size % num_heads:
+            raise ValueError(f"hidden_size ({hidden_size}) must be divisible by num_heads ({num_heads})")
+        if window_size is not None and window_size < 0:
+            raise ValueError(f"window_size must be >= 0, got {window_size}")
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.block_type = block_type
+        self.expand_ratio = expand_ratio
+        self.mem_size = mem_size
+        self.conv_size = conv_size
+        self.input_gate_low_rank = input_gate_low_rank
+        self.normalize_epsilon = normalize_epsilon
+        self.num_heads = num_heads
+        self.window_size = window_size
+        self.ffn_expand_ratio = ffn_expand_ratio
+        self.rope_theta = rope_theta
+        self.rotary_dim = rotary_dim
+        self.rms_norm_eps = rms_norm_eps
+        self.initializer_range = initializer_range
+        self.max_position_embeddings = max_position_embeddings
+        self.residual_in_fp32 = residual_in_fp32
+        self.gla_backend = gla_backend
+        self.attn_backend = attn_backend
+        self.use_cache = use_cache
+        super().__init__(
+            tie_word_embeddings=tie_word_embeddings,
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
+            **kwargs,
+        )
+
+    @property
+    def window(self) -> int | None:
+        """Previous tokens each SW-SKA query sees (the official training semantics: W // 2)."""
+        return None if self.window_size is None else self.window_size // 2
+
+    @property
+    def attn_head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def ffn_size(self) -> int:
+        return (int(self.hidden_size * self.ffn_expand_ratio) + 7) // 8 * 8

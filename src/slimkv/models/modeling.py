@@ -1,0 +1,264 @@
+"""Rodimus and Rodimus+ as Hugging Face models (one file for both block types).
+
+    Rodimus layer:   X <- X + DDTS(RMSNorm(X))
+    Rodimus+ layer:  X_s = X + DDTS(RMSNorm_1(X));  A = SWSKA(RMSNorm_2(X_s));  X <- X_s + FFN(RMSNorm_3(X_s + A))
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+
+from ..layers.ddts import DDTSMixer, ddts_gate_bias_init
+from ..layers.ffn import SwiGLU
+from ..layers.norm import RMSNorm
+from ..layers.swska import SharedKeyAttention
+from .cache import RodimusCache
+from .configuration import RodimusConfig
+
+
+class RodimusLayer(GradientCheckpointingLayer):
+    def __init__(self, config: RodimusConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.plus = config.block_type == "rodimus_plus"
+        self.mixer_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mixer = DDTSMixer(
+            config.hidden_size, config.expand_ratio, config.mem_size, config.conv_size, config.input_gate_low_rank,
+            config.normalize_epsilon, config.rms_norm_eps, gla_backend=config.gla_backend,
+        )
+        if self.plus:
+            self.attn_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+            self.attn = SharedKeyAttention(config.hidden_size, config.num_heads, config.window, config.rope_theta,
+                                           config.rotary_dim, config.attn_backend)
+            self.ffn_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+            self.ffn = SwiGLU(config.hidden_size, config.ffn_size)
+
+    def state_shapes(self, batch_size: int) -> dict[str, tuple[int, ...]]:
+        shapes = self.mixer.state_shapes(batch_size)
+        if self.plus:
+            shapes.update(self.attn.state_shapes(batch_size))
+        return shapes
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, padding_mask: torch.Tensor | None,
+                cache: RodimusCache | None = None) -> torch.Tensor:
+        entry = cache.layers[self.layer_idx] if cache is not None else None
+        residual_dtype = x.dtype
+        y, state = self.mixer(
+            self.mixer_norm(x),
+            conv_state=entry["conv_state"] if entry and cache.seen_tokens else None,
+            ssm_state=entry["ssm_state"] if entry and cache.seen_tokens else None,
+            padding_mask=padding_mask, use_cache=entry is not None,
+        )
+        x = x + y.to(residual_dtype)
+        if entry is not None:
+            cache.update(self.layer_idx, conv_state=state[0], ssm_state=state[1])
+        if not self.plus:
+            return x
+        ring = (entry["key_ring"], entry["value_ring"], entry["ring_valid"]) if entry else None
+        a, ring = self.attn(self.attn_norm(x), positions, padding_mask, ring,
+                            seen=cache.seen_tokens if cache is not None else 0)
+        if ring is not None:
+            cache.update(self.layer_idx, key_ring=ring[0], value_ring=ring[1], ring_valid=ring[2])
+        # two-hop residual: A feeds the FFN only, never the stream directly
+        return x + self.ffn(self.ffn_norm(x + a.to(residual_dtype))).to(residual_dtype)
+
+
+class RodimusPreTrainedModel(PreTrainedModel):
+    config_class = RodimusConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["RodimusLayer"]
+    _is_stateful = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """Official initialisation (shared/spec/rodimus.md section 4)."""
+        cfg = self.config
+        std = cfg.initializer_range
+        if isinstance(module, nn.Linear):
+            gain = getattr(module, "_init_xavier_gain", None)
+            if gain is not None:
+                init.xavier_uniform_(module.weight, gain=gain)
+            elif getattr(module, "_is_residual_out", False):
+                n_res = 3 if cfg.block_type == "rodimus_plus" else 1
+                init.normal_(module.weight, mean=0.0, std=std / math.sqrt(n_res * cfg.num_hidden_layers))
+            else:
+                init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                m = getattr(module, "_ddts_gate_bias", None)
+                if m is not None:
+                    init.copy_(module.bias, ddts_gate_bias_init(m).to(module.bias))
+                else:
+                    init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, nn.Conv1d):
+            # PyTorch's default Conv1d initialisation
+            init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+            fan_in = module.weight.shape[1] * module.weight.shape[2]
+            bound = 1 / math.sqrt(fan_in)
+            init.uniform_(module.bias, -bound, bound)
+        elif isinstance(module, RMSNorm):
+            init.ones_(module.weight)
+        elif isinstance(module, DDTSMixer):
+            init.ones_(module.D)
+
+    def no_weight_decay_names(self) -> set[str]:
+        """Parameters the official recipe excludes from weight decay: biases, norm weights, D, and the embedding
+        when it is tied to the LM head."""
+        names = set()
+        for name, p in self.named_parameters():
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf == "bias" or leaf == "D" or "norm" in name.rsplit(".", 2)[-2]:
+                names.add(name)
+            elif "embed_tokens" in name and self.config.tie_word_embeddings:
+                names.add(name)
+        return names
+
+
+class RodimusModel(RodimusPreTrainedModel):
+    def __init__(self, config: RodimusConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=None)
+        self.layers = nn.ModuleList(RodimusLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.embed_tokens = value
+
+    def allocate_cache(self, batch_size: int, dtype: torch.dtype | None = None,
+                       device: torch.device | None = None) -> RodimusCache:
+        p = self.embed_tokens.weight
+        return RodimusCache([layer.state_shapes(batch_size) for layer in self.layers], dtype or p.dtype,
+                            device or p.device)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: RodimusCache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        B, T = x.shape[:2]
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if use_cache and past_key_values is None and not self.training:
+            past_key_values = self.allocate_cache(B, dtype=x.dtype, device=x.device)
+        if not use_cache:
+            past_key_values = None
+        seen = past_key_values.seen_tokens if past_key_values is not None else 0
+
+        padding_mask = None
+        if attention_mask is not None:
+            if attention_mask.shape[-1] not in (T, seen + T):
+                raise ValueError(f"attention_mask has length {attention_mask.shape[-1]}; expected {T} or {seen + T}")
+            if not bool(attention_mask.all()):
+                padding_mask = attention_mask[:, -T:].bool()
+        if position_ids is None:
+            if attention_mask is not None and attention_mask.shape[-1] == seen + T:
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)[:, -T:]
+            else:
+                position_ids = torch.arange(seen, seen + T, device=x.device).expand(B, T)
+        if self.config.block_type == "rodimus_plus" and int(position_ids.max()) >= self.config.max_position_embeddings:
+            raise ValueError(
+                f"position {int(position_ids.max())} is beyond max_position_embeddings="
+                f"{self.config.max_position_embeddings}"
+            )
+
+        if self.config.residual_in_fp32 and x.dtype != torch.float64:
+            x = x.float()
+        for layer in self.layers:
+            x = layer(x, position_ids, padding_mask, past_key_values)
+        if past_key_values is not None:
+            past_key_values.seen_tokens += T
+        x = self.norm(x)
+        return BaseModelOutputWithPast(last_hidden_state=x, past_key_values=past_key_values)
+
+
+class RodimusForCausalLM(RodimusPreTrainedModel, GenerationMixin):
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: RodimusConfig):
+        super().__init__(config)
+        self.model = RodimusModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, value):
+        self.lm_head = value
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        # the recurrent cache is created by the model itself, not as a transformers DynamicCache
+        return False
+
+    def allocate_cache(self, batch_size: int, dtype: torch.dtype | None = None,
+                       device: torch.device | None = None) -> RodimusCache:
+        return self.model.allocate_cache(batch_size, dtype, device)
+
+    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None,
+                                      inputs_embeds=None, use_cache=True, **kwargs):
+        if past_key_values is not None and past_key_values.seen_tokens > 0:
+            # the state already holds everything before the last token
+            input_ids = input_ids[:, past_key_values.seen_tokens:]
+            inputs_embeds = None
+        inputs = {"attention_mask": attention_mask, "past_key_values": past_key_values, "use_cache": use_cache}
+        if inputs_embeds is not None:
+            inputs["inputs_embeds"] = inputs_embeds
+        else:
+            inputs["input_ids"] = input_ids
+        if "logits_to_keep" in kwargs:
+            inputs["logits_to_keep"] = kwargs["logits_to_keep"]
+        return inputs
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: RodimusCache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int = 0,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        if labels is not None:
+            use_cache = False
+        out = self.model(input_ids, attention_mask, position_ids, past_key_values, inputs_embeds, use_cache)
+        h = out.last_hidden_state
+        if logits_to_keep:
+            h = h[:, -logits_to_keep:]
+        logits = self.lm_head(h.to(self.lm_head.weight.dtype))
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values)
