@@ -1,0 +1,247 @@
+"""Backward of chunked gated linear attention.
+
+legend: N tokens, H heads, K key dim, V value dim, C chunk, BC sub-chunk, BK key block, BV value tile, NC chunks,
+NS sequences
+
+Stages (prep.py has the forward quantities qg, kg, A, G, gl; h[c] is the state carried into chunk c):
+1. state_grad: per (sequence, V tile), walk chunks backward with dS = grad of the state leaving chunk c:
+       dv = A^T do + kg dS;   store dh[c] = dS;   dS <- diag(exp(gl)) dS + qg^T do
+2. qk_grad: per chunk, loop over V tiles (the K-side gradients contract over all of V):
+       dqg = do h^T, dkg = v dh^T, dA = do v^T (masked to j <= i, times scale)
+       dq = scale exp(G) dqg + intra,  dk = exp(gl - G) dkg + intra
+   Per-head decay finishes the intra terms here; per-channel decay stores dA and leaves them to stage 3.
+3. intra_channel: per (chunk, row block X, key block), the intra terms with the same safe sub-block factoring as A.
+4. decay_grad: dg_t = sum_{s >= t in the sequence} (q_s dq_s - k_s dk_s) + rowsum(dS_T * S_T); a reverse scan.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def gla_bwd_kernel_state_grad(
+    qg, kg, A, gl, do, dv, dht, dh0, dh_store,
+    seq_tok0, seq_chunk0,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, C: tl.constexpr,
+    HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
+):
+    """Grid (cdiv(V, BV), NS * H). Writes dv and dh [NC, H, K, V] (grad of the state leaving each chunk)."""
+    iv = tl.program_id(0)
+    ish = tl.program_id(1)
+    s = ish // H
+    h = ish % H
+    tok_s = tl.load(seq_tok0 + s).to(tl.int64)
+    tok_e = tl.load(seq_tok0 + s + 1).to(tl.int64)
+    c0 = tl.load(seq_chunk0 + s)
+    c1 = tl.load(seq_chunk0 + s + 1)
+    rows = tl.arange(0, C)
+    kcols = tl.arange(0, BK)
+    vcols = iv * BV + tl.arange(0, BV)
+    k_ok = kcols < K
+    v_ok = vcols < V
+    state_off = kcols[:, None] * V + vcols[None, :]
+    state_mask = k_ok[:, None] & v_ok[None, :]
+    if HAS_DHT:
+        b_dS = tl.load(dht + ish.to(tl.int64) * K * V + state_off, mask=state_mask, other=0.0).to(tl.float32)
+    else:
+        b_dS = tl.zeros([BK, BV], dtype=tl.float32)
+    for i in range(0, c1 - c0):
+        c = c1 - 1 - i
+        tok0 = tok_s + (c - c0) * C
+        row_ok = (tok0 + rows) < tok_e
+        tl.store(dh_store + (c * H + h).to(tl.int64) * K * V + state_off,
+                 b_dS.to(dh_store.dtype.element_ty), mask=state_mask)
+        qk_off = ((tok0 + rows) * H + h)[:, None] * K + kcols[None, :]
+        qk_mask = row_ok[:, None] & k_ok[None, :]
+        b_qg = tl.load(qg + qk_off, mask=qk_mask, other=0.0)
+        b_kg = tl.load(kg + qk_off, mask=qk_mask, other=0.0)
+        v_off = ((tok0 + rows) * H + h)[:, None] * V + vcols[None, :]
+        v_mask = row_ok[:, None] & v_ok[None, :]
+        b_do = tl.load(do + v_off, mask=v_mask, other=0.0)
+        b_A = tl.load(A + (c * H + h).to(tl.int64) * C * C + rows[:, None] * C + rows[None, :])
+        b_gl = tl.load(gl + (c * H + h) * K + kcols, mask=k_ok, other=0.0)
+        b_dv = tl.dot(tl.trans(b_A).to(b_do.dtype), b_do)
+        b_dv += tl.dot(b_kg, b_dS.to(b_kg.dtype))
+        tl.store(dv + v_off, b_dv.to(dv.dtype.element_ty), mask=v_mask)
+        b_dS = b_dS * tl.exp(b_gl)[:, None] + tl.dot(tl.trans(b_qg), b_do.to(b_qg.dtype))
+    if STORE_DH0:
+        tl.store(dh0 + ish.to(tl.int64) * K * V + state_off, b_dS, mask=state_mask)
+
+
+@triton.jit
+def gla_bwd_kernel_qk_grad(
+    q, k, v, G, gl, h_store, dh_store, do, dq, dk, dA_out, dg_rows,
+    chunk_tok0, chunk_len, scale,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, C: tl.constexpr,
+    HEAD_DECAY: tl.constexpr,
+):
+    """Grid (NC, H). Per-head decay: final dq, dk (input dtype) and dg_rows [N, H] = sum_k (q dq - k dk).
+    Per-channel decay: inter-chunk dq, dk (fp32) and dA [NC, H, C, C] for the intra stage."""
+    c = tl.program_id(0)
+    h = tl.program_id(1)
+    tok0 = tl.load(chunk_tok0 + c).to(tl.int64)
+    n = tl.load(chunk_len + c)
+    rows = tl.arange(0, C)
+    kcols = tl.arange(0, BK)
+    row_ok = rows < n
+    k_ok = kcols < K
+    state_base = (c * H + h).to(tl.int64) * K * V
+    b_dqg = tl.zeros([C, BK], dtype=tl.float32)
+    b_dkg = tl.zeros([C, BK], dtype=tl.float32)
+    b_dA = tl.zeros([C, C], dtype=tl.float32)
+    for v0 in range(0, V, BV):
+        vcols = v0 + tl.arange(0, BV)
+        v_ok = vcols < V
+        state_off = state_base + kcols[:, None] * V + vcols[None, :]
+        state_mask = k_ok[:, None] & v_ok[None, :]
+        b_h = tl.load(h_store + state_off, mask=state_mask, other=0.0)
+        b_dh = tl.load(dh_store + state_off, mask=state_mask, other=0.0)
+        v_off = ((tok0 + rows) * H + h)[:, None] * V + vcols[None, :]
+        v_mask = row_ok[:, None] & v_ok[None, :]
+        b_do = tl.load(do + v_off, mask=v_mask, other=0.0)
+        b_v = tl.load(v + v_off, mask=v_mask, other=0.0)
+        b_dqg += tl.dot(b_do, tl.trans(b_h).to(b_do.dtype))
+        b_dkg += tl.dot(b_v, tl.trans(b_dh).to(b_v.dtype))
+        b_dA += tl.dot(b_do, tl.trans(b_v))
+    qk_off = ((tok0 + rows) * H + h)[:, None] * K + kcols[None, :]
+    qk_mask = row_ok[:, None] & k_ok[None, :]
+    causal = (rows[:, None] >= rows[None, :]) & row_ok[:, None]
+    b_dA = tl.where(causal, b_dA * scale, 0.0)
+    if HEAD_DECAY:
+        b_G = tl.load(G + (tok0 + rows) * H + h, mask=row_ok, other=0.0)
+        b_gl = tl.load(gl + (c * H + h) * K)
+        b_dq = b_dqg * (tl.exp(b_G) * scale)[:, None]
+        b_dk = b_dkg * tl.exp(tl.where(row_ok, b_gl - b_G, 0.0))[:, None]
+        b_q = tl.load(q + qk_off, mask=qk_mask, other=0.0)
+        b_k = tl.load(k + qk_off, mask=qk_mask, other=0.0)
+        b_M = b_dA * tl.exp(tl.where(causal, b_G[:, None] - b_G[None, :], float("-inf")))
+        b_dq += tl.dot(b_M.to(b_k.dtype), b_k)
+        b_dk += tl.dot(tl.trans(b_M).to(b_q.dtype), b_q)
+        tl.store(dq + qk_off, b_dq.to(dq.dtype.element_ty), mask=qk_mask)
+        tl.store(dk + qk_off, b_dk.to(dk.dtype.element_ty), mask=qk_mask)
+        b_r = tl.sum(b_q.to(tl.float32) * b_dq - b_k.to(tl.float32) * b_dk, axis=1)
+        tl.store(dg_rows + (tok0 + rows) * H + h, b_r, mask=row_ok)
+    else:
+        b_G = tl.load(G + qk_off, mask=qk_mask, other=0.0)
+        b_gl = tl.load(gl + (c * H + h) * K + kcols, mask=k_ok, other=0.0)
+        b_dq = b_dqg * tl.exp(b_G) * scale
+        b_dk = b_dkg * tl.exp(tl.where(qk_mask, b_gl[None, :] - b_G, 0.0))
+        tl.store(dq + qk_off, b_dq, mask=qk_mask)
+        tl.store(dk + qk_off, b_dk, mask=qk_mask)
+        tl.store(dA_out + (c * H + h).to(tl.int64) * C * C + rows[:, None] * C + rows[None, :], b_dA)
+
+
+@triton.jit
+def gla_bwd_kernel_intra_channel(
+    q, k, G, dA, dq_inter, dk_inter, dq, dk, dg_rows,
+    chunk_tok0, chunk_len,
+    H: tl.constexpr, K: tl.constexpr, C: tl.constexpr, BC: tl.constexpr, BKI: tl.constexpr,
+):
+    """Per-channel decay. Grid (NC, H, (C // BC) * cdiv(K, BKI)): row block X and key block of BKI channels.
+    dA already carries the scale and the causal mask. Writes dq, dk (input dtype), dg_rows [N, H, K] fp32."""
+    c = tl.program_id(0)
+    h = tl.program_id(1)
+    nkb = tl.cdiv(K, BKI)
+    blk_x = tl.program_id(2) // nkb
+    kb = tl.program_id(2) % nkb
+    tok0 = tl.load(chunk_tok0 + c).to(tl.int64)
+    n = tl.load(chunk_len + c)
+    if blk_x * BC < n:
+        sub = tl.arange(0, BC)
+        kcols = kb * BKI + tl.arange(0, BKI)
+        k_ok = kcols < K
+        rows_x = blk_x * BC + sub
+        ok_x = rows_x < n
+        off_x = ((tok0 + rows_x) * H + h)[:, None] * K + kcols[None, :]
+        mask_x = ok_x[:, None] & k_ok[None, :]
+        b_q = tl.load(q + off_x, mask=mask_x, other=0.0).to(tl.float32)
+        b_k = tl.load(k + off_x, mask=mask_x, other=0.0).to(tl.float32)
+        b_G = tl.load(G + off_x, mask=mask_x, other=0.0)
+        b_dq = tl.load(dq_inter + off_x, mask=mask_x, other=0.0)
+        b_dk = tl.load(dk_inter + off_x, mask=mask_x, other=0.0)
+        dA_base = dA + (c * H + h).to(tl.int64) * C * C
+        # dq of block X from earlier blocks J, through reference row r = first row of X
+        b_Gr = tl.load(G + ((tok0 + blk_x * BC) * H + h) * K + kcols, mask=k_ok, other=0.0)
+        b_acc = tl.zeros([BC, BKI], dtype=tl.float32)
+        for blk_j in range(0, blk_x):
+            rows_j = blk_j * BC + sub
+            off_j = ((tok0 + rows_j) * H + h)[:, None] * K + kcols[None, :]
+            b_kj = tl.load(k + off_j, mask=k_ok[None, :], other=0.0).to(tl.float32)
+            b_Gj = tl.load(G + off_j, mask=k_ok[None, :], other=0.0)
+            b_kj_r = (b_kj * tl.exp(b_Gr[None, :] - b_Gj)).to(k.dtype.element_ty)
+            b_dA_xj = tl.load(dA_base + rows_x[:, None] * C + rows_j[None, :])
+            b_acc += tl.dot(b_dA_xj.to(k.dtype.element_ty), b_kj_r)
+        b_dq += b_acc * tl.exp(tl.where(mask_x, b_G - b_Gr[None, :], 0.0))
+        # dk of block X from later blocks I, each through its own reference row r_I = first row of I
+        for blk_i in range(blk_x + 1, C // BC):
+            if blk_i * BC < n:
+                rows_i = blk_i * BC + sub
+                ok_i = rows_i < n
+                off_i = ((tok0 + rows_i) * H + h)[:, None] * K + kcols[None, :]
+                mask_i = ok_i[:, None] & k_ok[None, :]
+                b_qi = tl.load(q + off_i, mask=mask_i, other=0.0).to(tl.float32)
+                b_Gi = tl.load(G + off_i, mask=mask_i, other=0.0)
+                b_Gri = tl.load(G + ((tok0 + blk_i * BC) * H + h) * K + kcols, mask=k_ok, other=0.0)
+                b_qi_r = (b_qi * tl.exp(tl.where(mask_i, b_Gi - b_Gri[None, :], 0.0))).to(q.dtype.element_ty)
+                b_dA_ix = tl.load(dA_base + rows_i[:, None] * C + rows_x[None, :])
+                b_t = tl.dot(tl.trans(b_dA_ix).to(q.dtype.element_ty), b_qi_r)
+                b_dk += b_t * tl.exp(tl.where(mask_x, b_Gri[None, :] - b_G, 0.0))
+        # diagonal block, element by element
+        b_dA_xx = tl.load(dA_base + rows_x[:, None] * C + rows_x[None, :])
+        causal = (sub[:, None] >= sub[None, :]) & ok_x[:, None]
+        b_E = tl.exp(tl.where(causal[:, :, None], b_G[:, None, :] - b_G[None, :, :], float("-inf")))
+        b_E = b_E * b_dA_xx[:, :, None]
+        b_dq += tl.sum(b_E * b_k[None, :, :], axis=1)
+        b_dk += tl.sum(b_E * b_q[:, None, :], axis=0)
+        tl.store(dq + off_x, b_dq.to(dq.dtype.element_ty), mask=mask_x)
+        tl.store(dk + off_x, b_dk.to(dk.dtype.element_ty), mask=mask_x)
+        tl.store(dg_rows + off_x, b_q * b_dq - b_k * b_dk, mask=mask_x)
+
+
+@triton.jit
+def gla_bwd_kernel_decay_grad(
+    dg_rows, dg_final, dg, seq_tok0, seq_chunk0,
+    H: tl.constexpr, K: tl.constexpr, BK: tl.constexpr, C: tl.constexpr,
+    HEAD_DECAY: tl.constexpr, HAS_FINAL: tl.constexpr,
+):
+    """Grid (NS * H,). Reverse cumulative sum of dg_rows within each sequence, plus the final-state term."""
+    ish = tl.program_id(0)
+    s = ish // H
+    h = ish % H
+    tok_s = tl.load(seq_tok0 + s).to(tl.int64)
+    tok_e = tl.load(seq_tok0 + s + 1).to(tl.int64)
+    c0 = tl.load(seq_chunk0 + s)
+    c1 = tl.load(seq_chunk0 + s + 1)
+    rows = tl.arange(0, C)
+    if HEAD_DECAY:
+        if HAS_FINAL:
+            carry = tl.load(dg_final + ish).to(tl.float32)
+        else:
+            carry = 0.0
+        for i in range(0, c1 - c0):
+            tok0 = tok_s + (c1 - 1 - i - c0) * C
+            row_ok = (tok0 + rows) < tok_e
+            off = (tok0 + rows) * H + h
+            b_r = tl.load(dg_rows + off, mask=row_ok, other=0.0)
+            total = tl.sum(b_r, axis=0)
+            b_out = tl.cumsum(b_r, axis=0, reverse=True) + carry
+            tl.store(dg + off, b_out.to(dg.dtype.element_ty), mask=row_ok)
+            carry += total
+    else:
+        kcols = tl.arange(0, BK)
+        k_ok = kcols < K
+        if HAS_FINAL:
+            carry = tl.load(dg_final + ish * K + kcols, mask=k_ok, other=0.0).to(tl.float32)
+        else:
+            carry = tl.zeros([BK], dtype=tl.float32)
+        for i in range(0, c1 - c0):
+            tok0 = tok_s + (c1 - 1 - i - c0) * C
+            row_ok = (tok0 + rows) < tok_e
+            off = ((tok0 + rows) * H + h)[:, None] * K + kcols[None, :]
+            mask = row_ok[:, None] & k_ok[None, :]
+            b_r = tl.load(dg_rows + off, mask=mask, other=0.0)
+            total = tl.sum(b_r, axis=0)
+            b_out = tl.cumsum(b_r, axis=0, reverse=True) + carry[None, :]
+            tl.store(dg + off, b_out.to(dg.dtype.element_ty), mask=mask)
+            carry += total
