@@ -86,6 +86,8 @@ def window_attention_flex(
     scale = D**-0.5 if scale is None else scale
     if compiled is None:
         compiled = q.is_cuda
+    if not q.is_cuda and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        raise ValueError("window_attention: the flex backend has no backward off CUDA; use backend='chunked'")
     # flex wants key and value with one head count dividing H: the larger of the two when it divides the other
     if Hk == Hv:
         kv_heads = Hk
