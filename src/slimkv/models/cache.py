@@ -21,8 +21,9 @@ class RodimusCache:
                 if name == "ring_valid":
                     entry[name] = torch.zeros(shape, dtype=torch.bool, device=device)
                 elif name == "ssm_state":
-                    # the state sums many decayed outer products: keep it float32
-                    entry[name] = torch.zeros(shape, dtype=torch.float32, device=device)
+                    # the state sums many decayed outer products: keep it float32 (float64 stays float64)
+                    state_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+                    entry[name] = torch.zeros(shape, dtype=state_dtype, device=device)
                 else:
                     entry[name] = torch.zeros(shape, dtype=dtype, device=device)
             self.layers.append(entry)
