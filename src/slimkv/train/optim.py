@@ -17,20 +17,21 @@ from .config import OptimConfig
 def no_weight_decay_names(model: nn.Module) -> set[str]:
     """Names (as in `model.named_parameters()`) of parameters trained without weight decay.
 
-    A model may list its own with a `no_weight_decay_param_names()` method; otherwise: every 1-D parameter
-    (biases, norm weights, D) plus the embedding when untied.
+    Every 1-D parameter (biases, norm weights, D) plus any a model lists in `no_weight_decay_names()`; then the
+    embedding rule is applied on top: excluded when untied, decayed when tied.
     """
-    own = getattr(model, "no_weight_decay_param_names", None)
-    if callable(own):
-        return set(own())
     names = {name for name, param in model.named_parameters() if param.ndim < 2 or name.endswith("residual_weight")}
+    own = getattr(model, "no_weight_decay_names", None)
+    if callable(own):
+        names |= set(own())
     get_input, get_output = getattr(model, "get_input_embeddings", None), getattr(model, "get_output_embeddings", None)
     if get_input is not None and get_input() is not None:
         embedding = get_input().weight
         head = get_output() if get_output is not None else None
         tied = head is not None and head.weight is embedding
-        if not tied:
-            names.update(name for name, param in model.named_parameters() if param is embedding)
+        embedding_names = {name for name, param in model.named_parameters(remove_duplicate=False)
+                           if param is embedding}
+        names = names | embedding_names if not tied else names - embedding_names
     return names
 
 
