@@ -7,10 +7,12 @@ Within a chunk, b = cumsum(g) (inclusive, restarted at each chunk). With the sta
     o_i   = scale * [ (q_i * exp(b_i)) S0  +  sum_{j <= i} (q_i . (k_j * exp(b_i - b_j))) v_j ]
     S_end = exp(b_last) * S0  +  sum_j (k_j * exp(b_last - b_j))^T v_j
 
-Every exponent above is <= 0, so nothing can overflow. The intra-chunk pairs use a reference point r between j and i
-(the end of the sub-chunk before i's), so exp(b_i - b_j) = exp(b_i - r) * exp(r - b_j) with both factors <= 1; pairs
-inside one sub-chunk use a masked [c, c, K] tensor of exact differences. Memory is O(T * C * K / c), never T x T.
-With one log-decay per head the decay is a [C, C] matrix and the intra-chunk part is plain matmuls.
+Every exponent above is <= 0, so nothing can overflow. Intra-chunk pairs (j <= i) never form exp(+b): pairs inside
+one sub-chunk of c tokens use a masked [c, c, K] tensor of exact differences b_i - b_j; pairs across sub-chunks
+factor through reference points between them, exp(b_i - r) * exp(r - end) * exp(end - b_j), each factor <= 1.
+The prefix sums b are kept in float64 so their differences stay exact even after thousands of nats of decay.
+Memory is O(T * K * (c + C / c)), never T x T. With one log-decay per head the decay is a [C, C] matrix and the
+intra-chunk part is plain matmuls.
 See README.md in this folder for the derivation.
 """
 from __future__ import annotations
@@ -57,7 +59,8 @@ def gla_chunked(
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     per_head = log_decay.dim() == 3
 
-    C = min(chunk_size, T)
+    # chunks of sub-chunk multiples where possible; a short sequence becomes one padded chunk
+    C = min(chunk_size, -(-T // SUB_CHUNK) * SUB_CHUNK) if chunk_size % SUB_CHUNK == 0 else min(chunk_size, T)
     N = -(-T // C)
     pad = N * C - T
     # [B, H, T, *]; padded tokens have k = v = 0 and g = 0, so they leave the state untouched
@@ -69,22 +72,21 @@ def gla_chunked(
     q_c = (q_h * scale).reshape(B, H, N, C, K)
     k_c = k_h.reshape(B, H, N, C, K)
     v_c = v_h.reshape(B, H, N, C, V)
-    # b: within-chunk inclusive cumulative log-decay, [B, H, N, C, K] or [B, H, N, C]
-    b = (g_h.reshape(B, H, N, C) if per_head else g_h.reshape(B, H, N, C, K)).cumsum(dim=3)
+    # within-chunk inclusive cumulative log-decay [B, H, N, C, K] (per head: [B, H, N, C, 1]), kept in float64:
+    # every exponent below is a difference of two of these, and in float32 a difference of two sums near -1000
+    # would lose ~1e-4 of absolute precision
+    prefix = g_h.reshape(B, H, N, C, 1 if per_head else K).to(torch.float64).cumsum(dim=3)
+    prefix_last = prefix[:, :, :, -1:]
 
     if per_head:
-        # [B, H, N, C, 1]
-        b = b.unsqueeze(-1)
-        b_last = b[:, :, :, -1:]
-        o_intra = _intra_per_head(q_c, k_c, v_c, b.squeeze(-1))
+        o_intra = _intra_per_head(q_c, k_c, v_c, prefix.squeeze(-1))
     else:
-        b_last = b[:, :, :, -1:]
-        o_intra = _intra_per_channel(q_c, k_c, v_c, b)
+        o_intra = _intra_per_channel(q_c, k_c, v_c, prefix)
 
     # [B, H, N, K, V]: what each chunk adds to the state, already decayed to the chunk's end
-    chunk_updates = (k_c * (b_last - b).exp()).transpose(-1, -2) @ v_c
+    chunk_updates = (k_c * (prefix_last - prefix).to(acc).exp()).transpose(-1, -2) @ v_c
     # [B, H, N, K, 1]: decay of the whole chunk; broadcasts over V (and over K when per head)
-    chunk_decays = b_last.transpose(-1, -2).exp()
+    chunk_decays = prefix_last.transpose(-1, -2).to(acc).exp()
     state = q_c.new_zeros(B, H, K, V) if initial_state is None else initial_state.to(acc)
     # state entering each chunk: a short sequential scan over N chunks of [K, V] updates
     entering = []
@@ -92,7 +94,7 @@ def gla_chunked(
         entering.append(state)
         state = state * chunk_decays[:, :, n] + chunk_updates[:, :, n]
     # [B, H, N, C, V]
-    o_inter = (q_c * b.exp()) @ torch.stack(entering, dim=2)
+    o_inter = (q_c * prefix.to(acc).exp()) @ torch.stack(entering, dim=2)
 
     o = (o_inter + o_intra).reshape(B, H, N * C, V)[:, :, :T]
     return o.transpose(1, 2).to(q.dtype), (state if output_final_state else None)
@@ -103,44 +105,56 @@ def _causal_mask(C: int, device: torch.device) -> torch.Tensor:
     return torch.ones(C, C, dtype=torch.bool, device=device).tril()
 
 
-def _intra_per_head(q_c, k_c, v_c, b):
-    """Intra-chunk output with one log-decay per head. q_c, k_c [B,H,N,C,K], v_c [B,H,N,C,V], b [B,H,N,C]."""
-    C = b.shape[-1]
-    mask = _causal_mask(C, b.device)
+def _intra_per_head(q_c, k_c, v_c, prefix):
+    """Intra-chunk output, one log-decay per head. q_c, k_c [B,H,N,C,K], v_c [B,H,N,C,V], prefix [B,H,N,C] float64."""
+    C = prefix.shape[-1]
     # [B, H, N, C, C]: exp(b_i - b_j); above the diagonal the exponent is positive, so clamp it before masking
-    decay = (b.unsqueeze(-1) - b.unsqueeze(-2)).clamp_max(0).exp() * mask
+    exponent = (prefix.unsqueeze(-1) - prefix.unsqueeze(-2)).clamp_max(0).to(q_c.dtype)
+    decay = exponent.exp() * _causal_mask(C, q_c.device)
     return ((q_c @ k_c.transpose(-1, -2)) * decay) @ v_c
 
 
-def _intra_per_channel(q_c, k_c, v_c, b):
-    """Intra-chunk output with a log-decay per key channel. q_c, k_c, b [B,H,N,C,K], v_c [B,H,N,C,V]."""
+def _intra_per_channel(q_c, k_c, v_c, prefix):
+    """Intra-chunk output, a log-decay per key channel. q_c, k_c [B,H,N,C,K], v_c [B,H,N,C,V], prefix float64 like q_c.
+
+    Sub-chunk s covers tokens [s*c, (s+1)*c) of the chunk; r_s is the prefix just before it (0 for s = 0).
+    """
     B, H, N, C, K = q_c.shape
     V = v_c.shape[-1]
-    c = SUB_CHUNK if C % SUB_CHUNK == 0 and C > SUB_CHUNK else C
+    acc = q_c.dtype
+    c = SUB_CHUNK if C % SUB_CHUNK == 0 else C
     S = C // c
     q_s = q_c.reshape(B, H, N, S, c, K)
     k_s = k_c.reshape(B, H, N, S, c, K)
     v_s = v_c.reshape(B, H, N, S, c, V)
-    b_s = b.reshape(B, H, N, S, c, K)
+    prefix_s = prefix.reshape(B, H, N, S, c, K)
+    # [B, H, N, S, 1, K]: prefix at the last token of each sub-chunk, and r_s
+    sub_end = prefix_s[:, :, :, :, -1:]
+    ref = torch.cat([torch.zeros_like(sub_end[:, :, :, :1]), sub_end[:, :, :, :-1]], dim=3)
+    # [B, H, N, S, c, K]: log-decay from r_s to token i (<= 0, at most c steps: small, so float32 keeps it exact)
+    local = (prefix_s - ref).to(acc)
 
-    # pairs inside one sub-chunk: [B, H, N, S, c, c, K] of exact differences b_i - b_j, masked to j <= i
-    mask = _causal_mask(c, b.device)
-    diff = (b_s.unsqueeze(-2) - b_s.unsqueeze(-3)).clamp_max(0)
-    decay = diff.exp() * mask.unsqueeze(-1)
-    scores = (q_s.unsqueeze(-2) * decay * k_s.unsqueeze(-3)).sum(-1)
+    # pairs inside one sub-chunk: [B, H, N, S, c, c, K] of exact differences b_i - b_j; adding -inf above the
+    # diagonal masks j > i before the exponential, so nothing there can overflow (and its gradient is exactly 0)
+    above_diagonal = torch.zeros(c, c, 1, dtype=acc, device=q_c.device)
+    above_diagonal.masked_fill_(~_causal_mask(c, q_c.device).unsqueeze(-1), float("-inf"))
+    decay = (local.unsqueeze(-2) - local.unsqueeze(-3) + above_diagonal).exp()
+    scores = torch.einsum("...ik,...ijk,...jk->...ij", q_s, decay, k_s)
     o = scores @ v_s
     if S == 1:
         return o.reshape(B, H, N, C, V)
 
-    # pairs across sub-chunks: reference r = b at the last token before sub-chunk s (row block), [B, H, N, S, 1, K]
-    ref = torch.cat([b_s[:, :, :, :1, :1], b_s[:, :, :, :-1, -1:]], dim=3)
-    # rows (i in sub-chunk s): exp(b_i - r) <= 1 because i comes after r
-    q_ref = q_s * (b_s - ref).exp()
-    # columns (all j of the chunk, per row block): exp(r - b_j) <= 1 for the j before r, which are the only ones kept;
-    # the clamp keeps the discarded ones finite. [B, H, N, S, C, K]
-    k_ref = k_c.unsqueeze(3) * (ref - b.unsqueeze(3)).clamp_max(0).exp()
-    # [S, C]: key j is in an earlier sub-chunk than row block s
-    earlier = torch.arange(C, device=b.device).unsqueeze(0) < (torch.arange(S, device=b.device) * c).unsqueeze(1)
+    # pairs across sub-chunks, i in sub-chunk s after j in sub-chunk t < s:
+    #   exp(b_i - b_j) = exp(b_i - r_s) * exp(r_s - end_t) * exp(end_t - b_j), every factor <= 1
+    q_ref = q_s * local.exp()
+    # [B, H, N, S, c, K]: key j decayed to the end of its own sub-chunk
+    k_to_end = k_s * (sub_end - prefix_s).to(acc).exp()
+    # [B, H, N, S (rows), S (keys), 1, K]: r_s - end_t, clamped where t >= s (those pairs are masked below)
+    between = (ref.unsqueeze(4) - sub_end.unsqueeze(3)).clamp_max(0).to(acc).exp()
+    # [B, H, N, S, C, K]: every key of the chunk decayed to r_s
+    k_ref = (k_to_end.unsqueeze(3) * between).reshape(B, H, N, S, C, K)
+    # [S, C]: key j lies in a sub-chunk before row block s
+    earlier = torch.arange(C, device=q_c.device).unsqueeze(0) < (torch.arange(S, device=q_c.device) * c).unsqueeze(1)
     # [B, H, N, S, c, C]
     scores = (q_ref @ k_ref.transpose(-1, -2)) * earlier.unsqueeze(-2)
     o = o + scores @ v_c.unsqueeze(3)
