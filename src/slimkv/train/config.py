@@ -127,7 +127,7 @@ class TrainSection:
 class EvalConfig:
     # held-out perplexity every N steps (0 = only at the end); -1 = never
     every: int = 200
-    # held-out batches per evaluation (of train.micro_batch_size sequences per rank); 0 = the whole split
+    # held-out batches (of train.batch_size sequences each) per evaluation; 0 = the whole split
     max_batches: int = 16
 
 

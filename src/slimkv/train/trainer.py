@@ -306,23 +306,26 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> float | None:
-        """Mean held-out next-token loss (nats) over the first eval.max_batches global batches of the split."""
+        """Mean held-out next-token loss (nats) over the first eval.max_batches global batches of the split.
+
+        Held-out batches are cut like training batches (same global size, split over ranks and micro-steps), so the
+        number is the same for any world size.
+        """
         heldout = self.sources.heldout
-        if heldout is None or len(heldout) == 0:
+        if heldout is None:
             return None
-        self.model.eval()
-        per_pass = self.plan.micro_batch_size * self.world_size
-        num_batches = len(heldout) // per_pass
+        num_batches = len(heldout) // self.plan.batch_size
         if self.config.eval.max_batches > 0:
             num_batches = min(num_batches, self.config.eval.max_batches)
         if num_batches == 0:
             return None
+        self.model.eval()
         total, count = 0.0, 0
         for index in range(num_batches):
-            start = index * per_pass + self.rank * self.plan.micro_batch_size
-            batch = heldout.sequences(np.arange(start, start + self.plan.micro_batch_size))
-            total += self._loss(batch).item() * batch.shape[0]
-            count += batch.shape[0]
+            for micro in range(self.plan.accumulation):
+                batch = heldout.sequences(self.plan.positions(index, micro))
+                total += self._loss(batch).item() * batch.shape[0]
+                count += batch.shape[0]
         total, count = _all_reduce_sum([total, float(count)], self.device)
         self.model.train()
         return total / count
