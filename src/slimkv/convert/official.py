@@ -84,6 +84,9 @@ def config_from_official(cfg: dict) -> RodimusConfig:
             if att.get(k, want) != want:
                 raise ValueError(f"attn_cfg.{k}={att[k]} is not supported (SW-SKA needs {want})")
         rot = att.get("rotary_emb_dim", -1)
+        if att.get("rotary_emb_scale_base") is not None:
+            raise ValueError("attn_cfg.rotary_emb_scale_base (xPos) is not supported; the released checkpoints do not "
+                             "use it")
     extra = {k: v for k, v in cfg.items() if k not in MAPPED_CONFIG_KEYS}
     return RodimusConfig(
         vocab_size=cfg["vocab_size"],
