@@ -1,0 +1,518 @@
+"""GPU checks and timings of the gated-linear-attention backends (ours in Triton, chunked torch, fla as the peer).
+
+legend: B batch, T time, H heads, K key dim, V value dim
+
+`run(out_dir)` (a) checks every Triton kernel against a float64 reference at realistic shapes in bf16 and float32
+(relative error ||out - ref|| / ||ref||, fresh random inputs, outputs poisoned with NaN beforehand, gradients too),
+(b) times forward and forward+backward (median of triton.testing.do_bench) for each backend, beside the floors
+from bytes moved and FLOPs, and (c) breaks the target shape down by kernel with the torch profiler. It writes
+gla_gpu.json and gla_gpu.png. flash-linear-attention is optional: without it the peer columns are empty.
+Needs CUDA; importing this module does not.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import math
+import os
+import platform
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+SCHEMA = "slimkv.bench.ops/1"
+# where inputs live; a CPU smoke run under TRITON_INTERPRET=1 sets "cpu" (timings still need CUDA)
+DEVICE = "cuda"
+
+
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    B: int
+    T: int
+    H: int
+    K: int
+    V: int
+    decay: str  # "channel" ([B, T, H, K]) or "head" ([B, T, H])
+
+    def label(self) -> str:
+        return f"{self.name} B{self.B} T{self.T} H{self.H} K{self.K} V{self.V}"
+
+
+# Rodimus at d = 2048: one head, K = mem_size = 64, V = 2d = 4096; Mamba2-like: many small heads, per-head decay
+TIMING_SHAPES = [
+    Shape("rodimus", 8, 2048, 1, 64, 4096, "channel"),
+    Shape("rodimus", 8, 8192, 1, 64, 4096, "channel"),
+    Shape("rodimus", 8, 32768, 1, 64, 4096, "channel"),
+    Shape("mamba2", 8, 2048, 32, 64, 64, "head"),
+    Shape("mamba2", 8, 8192, 32, 64, 64, "head"),
+    Shape("mamba2", 8, 2048, 64, 128, 64, "head"),
+    Shape("gla-heads", 8, 2048, 16, 64, 128, "channel"),
+]
+TARGET = TIMING_SHAPES[0]
+
+CHECK_SHAPES = [
+    Shape("rodimus", 2, 2048, 1, 64, 4096, "channel"),
+    Shape("mamba2", 2, 2048, 32, 64, 64, "head"),
+    Shape("mamba2", 2, 1024, 16, 128, 64, "head"),
+    Shape("gla-heads", 2, 1000, 4, 64, 128, "channel"),
+]
+# fp32 operands go through tf32 dots (Triton's default), bf16 operands are rounded to 8 bits of mantissa
+BOUNDS = {torch.float32: 3e-3, torch.bfloat16: 2e-2}
+
+
+def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    out, ref = out.detach().double(), ref.detach().double()
+    return float((out - ref).norm() / ref.norm().clamp_min(1e-300))
+
+
+@contextlib.contextmanager
+def _nan_empty():
+    """torch.empty / empty_like return NaN-filled tensors, so an output element the kernels never write shows."""
+    real_empty, real_empty_like = torch.empty, torch.empty_like
+
+    def empty(*args, **kwargs):
+        t = real_empty(*args, **kwargs)
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    def empty_like(*args, **kwargs):
+        t = real_empty_like(*args, **kwargs)
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    torch.empty, torch.empty_like = empty, empty_like
+    try:
+        yield
+    finally:
+        torch.empty, torch.empty_like = real_empty, real_empty_like
+
+
+def make_inputs(shape: Shape, dtype: torch.dtype, device=None, strong_decay=False, num_states=None, seed=None):
+    """Random inputs shaped like a DDTS layer's: unit-norm-ish keys, log-decay -tau * softplus(.)."""
+    device = device or DEVICE
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed if seed is not None else int(time.time_ns() % (2**31)))
+    B, T, H, K, V = shape.B, shape.T, shape.H, shape.K, shape.V
+
+    def randn(*size):
+        return torch.randn(*size, generator=gen, device=device)
+
+    q = randn(B, T, H, K).to(dtype)
+    k = (randn(B, T, H, K) / math.sqrt(K)).to(dtype)
+    v = randn(B, T, H, V).to(dtype)
+    gshape = (B, T, H, K) if shape.decay == "channel" else (B, T, H)
+    if strong_decay:
+        g = -20.0 * torch.rand(gshape, generator=gen, device=device)
+    else:
+        g = -torch.sigmoid(randn(*gshape)) * F.softplus(randn(*gshape) - 2.0)
+    h0 = randn(num_states or B, H, K, V) * 0.1
+    return q, k, v, g, h0
+
+
+def _backend_fn(backend: str):
+    if backend == "triton":
+        from slimkv.ops.gla.triton import gla_triton
+
+        return lambda q, k, v, g, h0, final, cu=None: gla_triton(q, k, v, g, None, h0, final, cu_seqlens=cu)
+    if backend == "chunked":
+        from slimkv.ops.gla.chunked import gla_chunked
+
+        return lambda q, k, v, g, h0, final, cu=None: gla_chunked(q, k, v, g, None, h0, final)
+    if backend == "reference":
+        from slimkv.ops.gla.reference import gla_reference
+
+        return lambda q, k, v, g, h0, final, cu=None: gla_reference(q, k, v, g, None, h0, final)
+    if backend == "fla":
+        from fla.ops.gla import chunk_gla
+        from fla.ops.simple_gla import chunk_simple_gla
+
+        def fla(q, k, v, g, h0, final, cu=None):
+            if g.dim() == 3:
+                return chunk_simple_gla(q, k, v, g=g, initial_state=h0, output_final_state=final, cu_seqlens=cu)
+            return chunk_gla(q, k, v, g, initial_state=h0, output_final_state=final, cu_seqlens=cu)
+
+        return fla
+    raise ValueError(f"unknown backend {backend!r}")
+
+
+def fla_available() -> bool:
+    try:
+        _backend_fn("fla")
+    except ImportError:
+        return False
+    return True
+
+
+def _forward_backward(fn, inputs, out_w, state_w, cu=None):
+    q, k, v, g, h0 = inputs
+    o, ht = fn(q, k, v, g, h0, state_w is not None, cu)
+    loss = (o.double() * out_w).sum()
+    if state_w is not None:
+        loss = loss + (ht.double() * state_w).sum()
+    grads = torch.autograd.grad(loss, [x for x in inputs if x is not None])
+    return [o, ht] + list(grads)
+
+
+NAMES = ["o", "final_state", "dq", "dk", "dv", "dg", "dh0"]
+
+
+def check_one(shape: Shape, dtype: torch.dtype, backend="triton", reference="chunked", strong_decay=False,
+              cu_lengths=None) -> dict:
+    """Relative errors of every output and gradient against `reference` run in float64 on the same inputs."""
+    num_states = len(cu_lengths) if cu_lengths else None
+    raw = make_inputs(shape, dtype, strong_decay=strong_decay, num_states=num_states)
+    cu = None
+    if cu_lengths:
+        cu = torch.tensor([0] + list(cu_lengths), device=DEVICE).cumsum(0)
+    out_w = torch.randn(shape.B, shape.T, shape.H, shape.V, device=DEVICE, dtype=torch.float64)
+    state_w = torch.randn(num_states or shape.B, shape.H, shape.K, shape.V, device=DEVICE, dtype=torch.float64)
+    ours_in = [x.detach().clone().requires_grad_(True) for x in raw]
+    with _nan_empty():
+        ours = _forward_backward(_backend_fn(backend), ours_in, out_w, state_w, cu)
+    ref_in = [x.detach().double().requires_grad_(True) for x in raw]
+    ref_fn = _backend_fn(reference)
+    if cu is not None:
+        ref_fn = _per_segment(ref_fn, cu)
+    ref = _forward_backward(ref_fn, ref_in, out_w, state_w)
+    errors = {n: _rel_err(a, b) for n, a, b in zip(NAMES, ours, ref)}
+    bound = BOUNDS[dtype]
+    worst = max(errors.values()) if all(e == e for e in errors.values()) else float("nan")
+    return {"shape": asdict(shape), "dtype": str(dtype).replace("torch.", ""), "backend": backend,
+            "reference": f"{reference} float64", "strong_decay": strong_decay, "cu_lengths": cu_lengths,
+            "errors": errors, "bound": bound, "passed": bool(worst <= bound)}
+
+
+def _per_segment(fn, cu):
+    bounds = cu.tolist()
+
+    def run(q, k, v, g, h0, final, _cu=None):
+        outs, states = [], []
+        for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+            o, s = fn(q[:, a:b], k[:, a:b], v[:, a:b], g[:, a:b], h0[i : i + 1], True)
+            outs.append(o)
+            states.append(s)
+        return torch.cat(outs, 1), torch.cat(states, 0)
+
+    return run
+
+
+def check_step(shape: Shape, dtype: torch.dtype) -> dict:
+    from slimkv.ops.gla.triton import gla_step_triton
+
+    q, k, v, g, h0 = make_inputs(shape, dtype)
+    args = (q[:, 0], k[:, 0], v[:, 0], g[:, 0])
+    with _nan_empty():
+        o, s = gla_step_triton(*args, h0)
+    qd, kd, vd, gd = (x.double() for x in args)
+    decay = gd.exp() if gd.dim() == 3 else gd.exp().unsqueeze(-1)
+    s_ref = h0.double() * decay.unsqueeze(-1) + kd.unsqueeze(-1) * vd.unsqueeze(-2)
+    o_ref = torch.einsum("bhk,bhkv->bhv", qd, s_ref) * shape.K**-0.5
+    errors = {"o": _rel_err(o, o_ref), "state": _rel_err(s, s_ref)}
+    bound = BOUNDS[dtype]
+    return {"shape": asdict(shape), "dtype": str(dtype).replace("torch.", ""), "backend": "triton_step",
+            "reference": "formula float64", "errors": errors, "bound": bound,
+            "passed": all(e <= bound for e in errors.values())}
+
+
+def run_checks(log=print) -> list[dict]:
+    results = []
+    for dtype in (torch.float32, torch.bfloat16):
+        for shape in CHECK_SHAPES:
+            results.append(check_one(shape, dtype))
+        results.append(check_one(Shape("rodimus-strong", 2, 1024, 1, 64, 512, "channel"), dtype, strong_decay=True))
+        results.append(check_one(Shape("mamba2-strong", 2, 1024, 8, 64, 64, "head"), dtype, strong_decay=True))
+        lengths = [1, 63, 64, 65, 700, 2000, 1203]
+        results.append(check_one(Shape("varlen", 1, sum(lengths), 2, 64, 256, "channel"), dtype, cu_lengths=lengths))
+        results.append(check_one(Shape("varlen", 1, sum(lengths), 8, 64, 64, "head"), dtype, cu_lengths=lengths))
+        results.append(check_step(Shape("rodimus-step", 8, 1, 1, 64, 4096, "channel"), dtype))
+        results.append(check_step(Shape("mamba2-step", 8, 1, 32, 64, 64, "head"), dtype))
+    # the loop spec itself once at a realistic length (slow: one step per token), and the peer for context
+    results.append(check_one(Shape("rodimus", 1, 512, 1, 64, 4096, "channel"), torch.bfloat16, reference="reference"))
+    if fla_available():
+        for dtype in (torch.float32, torch.bfloat16):
+            results.append(check_one(CHECK_SHAPES[0], dtype, backend="fla"))
+    for r in results:
+        worst = max(r["errors"], key=lambda n: r["errors"][n])
+        log(f"check {r['backend']:12s} {r['dtype']:9s} {Shape(**r['shape']).label():42s} "
+            f"worst {worst}={r['errors'][worst]:.2e} bound {r['bound']:.0e} {'ok' if r['passed'] else 'FAIL'}")
+    return results
+
+
+def device_ceilings() -> dict:
+    """Measured copy bandwidth (bytes read + written per second) and bf16 matrix rate."""
+    from triton.testing import do_bench
+
+    n = 1 << 30
+    src = torch.randn(n // 4, device=DEVICE)
+    dst = torch.empty_like(src)
+    ms = do_bench(lambda: dst.copy_(src), warmup=25, rep=200, return_mode="median")
+    bandwidth = 2 * n / (ms * 1e-3)
+    a = torch.randn(8192, 8192, device=DEVICE, dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device=DEVICE, dtype=torch.bfloat16)
+    ms = do_bench(lambda: a @ b, warmup=25, rep=200, return_mode="median")
+    del src, dst, a, b
+    return {"copy_bytes_per_s": bandwidth, "bf16_flop_per_s": 2 * 8192**3 / (ms * 1e-3)}
+
+
+def floors(shape: Shape, dtype: torch.dtype, mode: str, ceilings: dict) -> dict:
+    """Fewest bytes (each input read once, each output written once) and the FLOPs of the recurrence."""
+    B, T, H, K, V = shape.B, shape.T, shape.H, shape.K, shape.V
+    e = torch.tensor([], dtype=dtype).element_size()
+    g_elems = B * T * H * (K if shape.decay == "channel" else 1)
+    qkv = (2 * B * T * H * K + B * T * H * V) * e + g_elems * 4
+    out = B * T * H * V * e
+    bytes_fwd = qkv + out
+    # S update and the query contraction: 2 K V FLOPs each per token and head
+    flops_fwd = 4 * B * T * H * K * V
+    if mode == "fwd":
+        nbytes, flops = bytes_fwd, flops_fwd
+    else:
+        # backward reads q, k, v, g, do and writes dq, dk, dv, dg; three more K x V contractions per token
+        nbytes = bytes_fwd + (qkv + out) + qkv
+        flops = flops_fwd + 2 * flops_fwd
+    ms_bytes = nbytes / ceilings["copy_bytes_per_s"] * 1e3
+    ms_flops = flops / ceilings["bf16_flop_per_s"] * 1e3
+    return {"bytes": nbytes, "flops": flops, "floor_ms_bytes": ms_bytes, "floor_ms_flops": ms_flops,
+            "floor_ms": max(ms_bytes, ms_flops)}
+
+
+def time_one(shape: Shape, dtype: torch.dtype, backend: str, mode: str) -> float:
+    """Median milliseconds of one forward (no grad) or one forward+backward, on fresh random inputs."""
+    from triton.testing import do_bench
+
+    fn = _backend_fn(backend)
+    q, k, v, g, _ = make_inputs(shape, dtype, seed=0)
+    if mode == "fwd":
+        with torch.no_grad():
+            return do_bench(lambda: fn(q, k, v, g, None, False), warmup=25, rep=100, return_mode="median")
+    inputs = [x.requires_grad_(True) for x in (q, k, v, g)]
+    do = torch.randn(shape.B, shape.T, shape.H, shape.V, device=DEVICE, dtype=dtype)
+
+    def step():
+        o, _ = fn(*inputs, None, False)
+        torch.autograd.grad(o, inputs, do)
+
+    return do_bench(step, warmup=25, rep=100, return_mode="median")
+
+
+def run_timings(ceilings: dict, shapes=TIMING_SHAPES, backends=("triton", "chunked", "fla"), log=print) -> list[dict]:
+    rows = []
+    for shape in shapes:
+        for mode in ("fwd", "fwd_bwd"):
+            fl = floors(shape, torch.bfloat16, mode, ceilings)
+            for backend in backends:
+                if backend == "fla" and not fla_available():
+                    continue
+                # the chunked torch path keeps T x C x K intermediates per chunk: skip where it cannot fit
+                if backend == "chunked" and shape.B * shape.T * shape.H * shape.V > 8 * 8192 * 4096:
+                    continue
+                row = {"op": "gla", "shape": asdict(shape), "dtype": "bfloat16", "mode": mode, "backend": backend}
+                try:
+                    ms = time_one(shape, torch.bfloat16, backend, mode)
+                    row.update(ms=ms, **fl, achieved_bytes_per_s=fl["bytes"] / (ms * 1e-3),
+                               times_floor=ms / fl["floor_ms"])
+                except torch.OutOfMemoryError:
+                    row.update(ms=None, error="out of memory", **fl)
+                torch.cuda.empty_cache()
+                rows.append(row)
+                log(f"time {backend:8s} {mode:8s} {shape.label():42s} "
+                    + (f"{row['ms']:9.3f} ms  floor {fl['floor_ms']:.3f} ms" if row.get("ms") else row["error"]))
+    return rows
+
+
+def stage_profile(shape: Shape, backend: str, iters: int = 5) -> dict:
+    """Device time per kernel (ms per forward+backward), from the torch profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn = _backend_fn(backend)
+    q, k, v, g, _ = make_inputs(shape, torch.bfloat16, seed=0)
+    inputs = [x.requires_grad_(True) for x in (q, k, v, g)]
+    do = torch.randn_like(v)
+
+    def step():
+        o, _ = fn(*inputs, None, False)
+        torch.autograd.grad(o, inputs, do)
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            step()
+        torch.cuda.synchronize()
+    stages = {}
+    for ev in prof.key_averages():
+        device_us = getattr(ev, "self_device_time_total", None) or getattr(ev, "self_cuda_time_total", 0)
+        if device_us > 0:
+            stages[ev.key[:80]] = device_us / iters / 1e3
+    return dict(sorted(stages.items(), key=lambda kv: -kv[1]))
+
+
+def tune(shape: Shape = TARGET, log=print) -> list[dict]:
+    """Sweep launch parameters of each stage at `shape`; keep the fastest in TUNING. Returns every trial."""
+    from triton.testing import do_bench
+
+    from slimkv.ops.gla.triton import TUNING
+    from slimkv.ops.gla.triton import autograd as tri
+
+    q, k, v, g, _ = make_inputs(shape, torch.bfloat16, seed=0)
+    B, T, H, K, V = shape.B, shape.T, shape.H, shape.K, shape.V
+    flat = [x.reshape(B * T, H, -1).contiguous() for x in (q, k, v)]
+    gf = g.reshape(B * T, H, -1).contiguous() if g.dim() == 4 else g.reshape(B * T, H).contiguous()
+    tables = tri.chunk_tables(B, T, None, q.device)
+    scale = K**-0.5
+    do = torch.randn_like(flat[2])
+    trials = []
+
+    def fwd():
+        return tri._forward(*flat, gf, scale, None, tables, False, True)
+
+    def bwd(saved):
+        return tri._backward(*flat, gf, scale, saved, tables, do, None, None, False)
+
+    sweeps = {
+        "fwd": [(bv, w, s) for bv, w in ((32, 4), (64, 4), (64, 8), (128, 4), (128, 8)) for s in (1, 2, 3)],
+        "dh": [(bv, w, s) for bv, w in ((32, 4), (64, 4), (64, 8), (128, 4), (128, 8)) for s in (1, 2, 3)],
+        "dqk": [(bv, w, s) for bv, w in ((32, 4), (64, 4), (64, 8), (128, 8)) for s in (2, 3, 4)],
+    }
+    for stage, configs in sweeps.items():
+        best = None
+        for bv, warps, stages in configs:
+            setattr(TUNING, f"bv_{stage}", bv)
+            setattr(TUNING, f"warps_{stage}", warps)
+            setattr(TUNING, f"stages_{stage}", stages)
+            try:
+                if stage == "fwd":
+                    ms = do_bench(fwd, warmup=10, rep=50, return_mode="median")
+                else:
+                    saved = fwd()[2]
+                    ms = do_bench(lambda: bwd(saved), warmup=10, rep=50, return_mode="median")
+            except Exception as exc:  # a config the compiler rejects (shared memory, registers) is just skipped
+                trials.append({"stage": stage, "bv": bv, "warps": warps, "stages": stages, "error": str(exc)[:200]})
+                continue
+            trials.append({"stage": stage, "bv": bv, "warps": warps, "stages": stages, "ms": ms})
+            log(f"tune {stage:4s} bv={bv:3d} warps={warps} stages={stages}: {ms:.3f} ms")
+            if best is None or ms < best[0]:
+                best = (ms, bv, warps, stages)
+        _, bv, warps, stages = best
+        setattr(TUNING, f"bv_{stage}", bv)
+        setattr(TUNING, f"warps_{stage}", warps)
+        setattr(TUNING, f"stages_{stage}", stages)
+        log(f"tune {stage}: best bv={bv} warps={warps} stages={stages} ({best[0]:.3f} ms)")
+    return trials
+
+
+def _meta() -> dict:
+    import triton
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        commit = ""
+    props = torch.cuda.get_device_properties(0)
+    meta = {"device": torch.cuda.get_device_name(0), "sms": props.multi_processor_count,
+            "torch": torch.__version__, "triton": triton.__version__, "python": platform.python_version(),
+            "commit": commit or os.environ.get("SLIMKV_COMMIT", ""),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    try:
+        import fla
+
+        meta["fla"] = getattr(fla, "__version__", "?")
+    except ImportError:
+        meta["fla"] = None
+    return meta
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in report["timings"] if r.get("ms")]
+    shapes = []
+    for r in rows:
+        label = Shape(**r["shape"]).label().replace(" B", "\nB", 1)
+        if label not in shapes:
+            shapes.append(label)
+    backends = [b for b in ("triton", "chunked", "fla") if any(r["backend"] == b for r in rows)]
+    colors = {"triton": "tab:blue", "chunked": "tab:gray", "fla": "tab:orange"}
+    fig, axes = plt.subplots(2, 1, figsize=(max(8, 1.6 * len(shapes)), 9))
+    for ax, mode in zip(axes, ("fwd", "fwd_bwd")):
+        width = 0.8 / (len(backends) + 1)
+        for bi, backend in enumerate(backends):
+            xs, ys = [], []
+            for si, label in enumerate(shapes):
+                for r in rows:
+                    if (r["mode"] == mode and r["backend"] == backend
+                            and Shape(**r["shape"]).label().replace(" B", "\nB", 1) == label):
+                        xs.append(si + bi * width)
+                        ys.append(r["ms"])
+            ax.bar(xs, ys, width, label=backend, color=colors[backend])
+        floor_x, floor_y = [], []
+        for si, label in enumerate(shapes):
+            for r in rows:
+                if r["mode"] == mode and Shape(**r["shape"]).label().replace(" B", "\nB", 1) == label:
+                    floor_x.append(si + len(backends) * width)
+                    floor_y.append(r["floor_ms"])
+                    break
+        ax.bar(floor_x, floor_y, width, label="floor (bytes or FLOPs)", color="tab:green")
+        ax.set_yscale("log")
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(shapes))], shapes, fontsize=7)
+        ax.set_ylabel("ms (median)")
+        ax.set_title(f"gated linear attention, bf16, {mode.replace('_', '+')} -- {report['meta']['device']}")
+        ax.legend(fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, path)
+    plt.close(fig)
+
+
+def _write_json(report: dict, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+def run(out_dir: str | os.PathLike, checks=True, timings=True, tuning=False, profile=True,
+        shapes=TIMING_SHAPES, log=print) -> dict:
+    """Everything above in one go; writes gla_gpu.json (after every section) and gla_gpu.png."""
+    if not torch.cuda.is_available():
+        raise RuntimeError("slimkv.bench.gpu_ops needs a CUDA device")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path = out / "gla_gpu.json"
+    report = {"schema": SCHEMA, "meta": _meta()}
+    log(f"device: {report['meta']['device']}  torch {torch.__version__}  fla {report['meta']['fla']}")
+    report["ceilings"] = device_ceilings()
+    log(f"ceilings: copy {report['ceilings']['copy_bytes_per_s'] / 1e12:.2f} TB/s, "
+        f"bf16 {report['ceilings']['bf16_flop_per_s'] / 1e12:.0f} TFLOP/s")
+    if checks:
+        report["checks"] = run_checks(log)
+        _write_json(report, json_path)
+    if tuning:
+        report["tuning"] = tune(TARGET, log)
+        _write_json(report, json_path)
+    from slimkv.ops.gla.triton import TUNING
+
+    report["tuning_used"] = asdict(TUNING)
+    if timings:
+        report["timings"] = run_timings(report["ceilings"], shapes, log=log)
+        _write_json(report, json_path)
+        plot(report, out / "gla_gpu.png")
+    if profile:
+        report["stages"] = {"triton": stage_profile(TARGET, "triton")}
+        if fla_available():
+            report["stages"]["fla"] = stage_profile(TARGET, "fla")
+        for backend, stages in report["stages"].items():
+            log(f"stages {backend} at {TARGET.label()} (ms per fwd+bwd):")
+            for name, ms in list(stages.items())[:14]:
+                log(f"   {ms:8.3f}  {name}")
+    _write_json(report, json_path)
+    return report
