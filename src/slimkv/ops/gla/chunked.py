@@ -89,10 +89,11 @@ def gla_chunked(
     chunk_decays = prefix_last.transpose(-1, -2).to(acc).exp()
     state = q_c.new_zeros(B, H, K, V) if initial_state is None else initial_state.to(acc)
     # state entering each chunk: a short sequential scan over N chunks of [K, V] updates
+    # (unbind, not indexing: the backward of N index ops would write N full-size zero tensors)
     entering = []
-    for n in range(N):
+    for decay, update in zip(chunk_decays.unbind(2), chunk_updates.unbind(2)):
         entering.append(state)
-        state = state * chunk_decays[:, :, n] + chunk_updates[:, :, n]
+        state = state * decay + update
     # [B, H, N, C, V]
     o_inter = (q_c * prefix.to(acc).exp()) @ torch.stack(entering, dim=2)
 

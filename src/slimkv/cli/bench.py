@@ -1,0 +1,77 @@
+"""`slimkv bench ops ...`: micro-benchmarks that write JSON + PNG under benchmarks/results/.
+
+    slimkv bench ops                                  # gla backends on CPU, small shapes
+    slimkv bench ops --device cuda --shapes mamba2 --backends chunked triton --json out.json
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+
+import torch
+
+# what -> one-line help; each `what` has its own run function below
+BENCHMARKS = {"ops": "gla backends: tokens/s forward and forward+backward, plus error vs the float64 spec"}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from slimkv.bench.ops import GLA_BACKENDS, SHAPE_SETS
+
+    parser.add_argument("what", choices=list(BENCHMARKS), help="; ".join(f"{k}: {v}" for k, v in BENCHMARKS.items()))
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--shapes", default="small", choices=list(SHAPE_SETS), help="shape set (default small)")
+    parser.add_argument("--backends", nargs="+", default=None, metavar="NAME",
+                        help=f"backends to time (default: every one available on the device): {', '.join(GLA_BACKENDS)}")
+    parser.add_argument("--dtypes", nargs="+", default=["float32"], choices=list(DTYPES))
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement, after one warmup")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--json", default=None, help="default benchmarks/results/gla_<device>_<date>.json")
+    parser.add_argument("--png", default=None, help="default benchmarks/results/gla_<device>_<date>.png")
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from slimkv.bench.ops import GLA_BACKENDS, SHAPE_SETS, bench_gla, machine_header, write_results
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is visible to torch")
+    if args.repeats < 1:
+        raise ValueError(f"--repeats must be at least 1; got {args.repeats}")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    names = args.backends or list(GLA_BACKENDS)
+    unknown = [name for name in names if name not in GLA_BACKENDS]
+    if unknown:
+        raise ValueError(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(GLA_BACKENDS)}")
+    device = torch.device(args.device)
+    names = [name for name in names if GLA_BACKENDS[name].available(device)]
+    if not names:
+        raise ValueError(f"none of the chosen backends runs on {args.device}")
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    stem = f"benchmarks/results/gla_{args.device}_{date}"
+    json_path = args.json or f"{stem}.json"
+    png_path = args.png or f"{stem}.png"
+
+    shapes = SHAPE_SETS[args.shapes]
+    dtypes = [DTYPES[name] for name in args.dtypes]
+    header = machine_header(device)
+    with tqdm(total=len(shapes) * len(dtypes) * len(names), desc="bench gla", unit="run") as bar:
+        def progress(label: str) -> None:
+            bar.set_postfix_str(label)
+            bar.update(1)
+
+        results = bench_gla(device, shapes, names, dtypes, args.repeats, progress=progress)
+    write_results(results, json_path, png_path, header=header)
+
+    print(f"{'backend':<10} {'shape':<28} {'dtype':<8} {'fwd tok/s':>12} {'fwd+bwd tok/s':>14} {'o rel err':>10}")
+    forward = [r for r in results if r["mode"] == "forward"]
+    for row in forward:
+        train = next(r for r in results if r["mode"] == "forward+backward" and r["backend"] == row["backend"]
+                     and r["shape"] == row["shape"] and r["dtype"] == row["dtype"])
+        train_rate = "skipped" if train["tokens_per_s"] is None else f"{train['tokens_per_s']:.0f}"
+        print(f"{row['backend']:<10} {row['shape']:<28} {row['dtype']:<8} {row['tokens_per_s']:>12.0f} "
+              f"{train_rate:>14} {row['o_rel_err']:>10.1e}")
+    print(f"wrote {json_path} and {png_path}")
+    return 0
