@@ -65,6 +65,8 @@ class DataConfig:
     seq_len: int = 256
     # tokenizer vocabulary size (byte-level BPE trained on the training split)
     tokenizer_vocab_size: int = 8192
+    # a tokenizer.json or Hugging Face folder to use instead of training one ("" = train a BPE)
+    tokenizer: str = ""
     # synthetic source only: number of tokens in the synthetic stream and its vocabulary
     synthetic_tokens: int = 1_000_000
     synthetic_vocab_size: int = 512

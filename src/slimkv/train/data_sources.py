@@ -35,10 +35,29 @@ class HeldoutSource(PackedTokenSource):
         return np.arange(self.num_sequences)
 
 
-def corpus_sources(cfg: DataConfig) -> DataSources:
-    from .corpus_adapter import corpus_sources as build
+def corpus_sources(cfg: DataConfig, progress: bool = True) -> DataSources:
+    """The fetched corpus (slimkv.data.prepare_data): fetch + tokenizer + shards, cached and checksummed.
 
-    return build(cfg)
+    Under torchrun rank 0 prepares first while the others wait, so they never write the same cache at once.
+    """
+    import torch.distributed as dist
+
+    from ..data import prepare_data
+
+    distributed = dist.is_available() and dist.is_initialized()
+    rank = dist.get_rank() if distributed else 0
+
+    def prepare(show: bool):
+        return prepare_data(cfg.resolved_data_dir(), vocab_size=cfg.tokenizer_vocab_size, seq_len=cfg.seq_len,
+                            tokenizer=cfg.tokenizer or None, progress=show)
+
+    prepared = prepare(progress) if rank == 0 else None
+    if distributed:
+        dist.barrier()
+        if rank != 0:
+            prepared = prepare(False)
+    return DataSources(train=prepared.dataset("train", seed=cfg.seed), heldout=prepared.dataset("heldout"),
+                       vocab_size=prepared.vocab_size, tokenizer_file=Path(prepared.tokenizer_path))
 
 
 def build_sources(cfg: DataConfig) -> DataSources:

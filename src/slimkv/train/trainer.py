@@ -136,6 +136,8 @@ class Trainer:
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             dump_config(cfg, self.run_dir / "config.yaml")
+            if self.sources.tokenizer_file is not None:
+                _copy_tokenizer(Path(self.sources.tokenizer_file), self.run_dir / "tokenizer")
         self.metrics = MetricsLogger(self.run_dir, jsonl=cfg.log.jsonl, tensorboard=cfg.log.tensorboard,
                                      enabled=self.is_main)
         if self.resume:
@@ -435,9 +437,23 @@ class Trainer:
             model = fresh
         model.save_pretrained(tmp)
         if self.sources.tokenizer_file is not None:
-            shutil.copy(self.sources.tokenizer_file, tmp / "tokenizer.json")
+            _copy_tokenizer(Path(self.sources.tokenizer_file), tmp)
         shutil.rmtree(target, ignore_errors=True)
         os.replace(tmp, target)
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def _copy_tokenizer(source: Path, target_dir: Path) -> None:
+    """Copy a tokenizer (a tokenizer.json, or the Hugging Face files of its folder) into target_dir."""
+    folder = source if source.is_dir() else source.parent
+    target_dir.mkdir(parents=True, exist_ok=True)
+    if source.is_file():
+        shutil.copy(source, target_dir / "tokenizer.json")
+    for name in TOKENIZER_FILES:
+        if (folder / name).is_file() and not (source.is_file() and name == "tokenizer.json"):
+            shutil.copy(folder / name, target_dir / name)
 
 
 def train(config: RunConfig, **kwargs) -> TrainResult:

@@ -1,0 +1,141 @@
+"""Token- and byte-level perplexity of a causal LM on a long text, in bounded memory.
+
+Two ways to walk a text of N tokens (memory never depends on N):
+- "recurrent" (Rodimus / Rodimus+): consecutive windows of seq_len tokens, the model's cache carried from one window
+  to the next, so every token is scored with the whole text before it as context. Rodimus+ positions stop at
+  max_position_embeddings: the cache restarts at that point (the next token is still scored from the last logits).
+- "sliding" (attention models): input windows of seq_len tokens starting every `stride` tokens; each window scores
+  only the next tokens the previous windows did not, so each token is predicted from between seq_len - stride + 1
+  and seq_len tokens of context (the usual Hugging Face recipe). stride = seq_len gives disjoint windows.
+
+The text is preceded by the document separator (`<|endoftext|>`), as documents are in training data, so every token
+of the text is scored. Bits per byte = total NLL / (ln 2 * UTF-8 bytes of the text); per-byte perplexity =
+exp(total NLL / bytes). Both compare models with different tokenizers.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+Mode = Literal["recurrent", "sliding"]
+
+
+@dataclass
+class PerplexityResult:
+    tokens: int
+    bytes: int
+    nll_nats: float
+    token_ppl: float
+    bits_per_byte: float
+    byte_ppl: float
+    mode: str
+    seq_len: int
+    stride: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def default_mode(model) -> Mode:
+    """Recurrent models carry their state across windows; everything else uses a sliding window."""
+    return "recurrent" if getattr(model.config, "model_type", "") == "slimkv_rodimus" else "sliding"
+
+
+def position_limit(model) -> int | None:
+    return getattr(model.config, "max_position_embeddings", None)
+
+
+def _check_lengths(model, seq_len: int, stride: int) -> None:
+    if seq_len < 2:
+        raise ValueError(f"--seq-len must be at least 2, got {seq_len}")
+    if not 1 <= stride <= seq_len:
+        raise ValueError(f"--stride must lie in [1, seq_len={seq_len}], got {stride}")
+    limit = position_limit(model)
+    if limit is not None and seq_len > limit:
+        raise ValueError(f"--seq-len {seq_len} exceeds the model's position limit max_position_embeddings={limit}")
+
+
+@torch.no_grad()
+def _recurrent_nll(model, ids: torch.Tensor, seq_len: int, progress: bool) -> tuple[float, int]:
+    device = next(model.parameters()).device
+    # only Rodimus+ (RoPE attention) refuses positions past the limit; pure Rodimus has no positions
+    restart_every = position_limit(model) if getattr(model.config, "block_type", "") == "rodimus_plus" else None
+    nll, count = 0.0, 0
+    cache, last_logits, seen = None, None, 0
+    for start in tqdm(range(0, len(ids), seq_len), desc="ppl (recurrent)", unit="window", disable=not progress):
+        chunk = ids[start:start + seq_len].to(device)
+        if restart_every is not None and seen + len(chunk) > restart_every:
+            cache, seen = None, 0
+        out = model(input_ids=chunk[None], past_key_values=cache, use_cache=True)
+        logits = out.logits[0].float()
+        if last_logits is not None:
+            nll += F.cross_entropy(last_logits[None], chunk[:1], reduction="sum").item()
+            count += 1
+        if len(chunk) > 1:
+            nll += F.cross_entropy(logits[:-1], chunk[1:], reduction="sum").item()
+            count += len(chunk) - 1
+        last_logits, cache, seen = logits[-1], out.past_key_values, seen + len(chunk)
+    return nll, count
+
+
+@torch.no_grad()
+def _sliding_nll(model, ids: torch.Tensor, seq_len: int, stride: int, progress: bool) -> tuple[float, int]:
+    device = next(model.parameters()).device
+    # inputs ids[begin:end] predict targets ids[begin + 1:end + 1]; next_target is the first target not yet scored
+    nll, count, next_target = 0.0, 0, 1
+    for begin in tqdm(range(0, len(ids) - 1, stride), desc="ppl (sliding)", unit="window", disable=not progress):
+        end = min(begin + seq_len, len(ids) - 1)
+        if end + 1 <= next_target:
+            continue
+        window = ids[begin:end + 1].to(device)
+        logits = model(input_ids=window[None, :-1], use_cache=False).logits[0].float()
+        first = next_target - (begin + 1)
+        nll += F.cross_entropy(logits[first:], window[first + 1:], reduction="sum").item()
+        count += end + 1 - next_target
+        next_target = end + 1
+        if end == len(ids) - 1:
+            break
+    return nll, count
+
+
+def token_nll(model, ids: torch.Tensor, *, seq_len: int, stride: int | None = None, mode: Mode | None = None,
+              progress: bool = False) -> tuple[float, int]:
+    """Summed NLL (nats) of ids[1:] given what precedes each, and the number of scored tokens."""
+    stride = stride or seq_len
+    _check_lengths(model, seq_len, stride)
+    ids = torch.as_tensor(ids, dtype=torch.long).reshape(-1)
+    if len(ids) < 2:
+        raise ValueError("the text is too short to score: it needs at least one token")
+    model.eval()
+    mode = mode or default_mode(model)
+    if mode == "recurrent":
+        return _recurrent_nll(model, ids, seq_len, progress)
+    return _sliding_nll(model, ids, seq_len, stride, progress)
+
+
+def perplexity(model, ids: torch.Tensor, num_bytes: int, *, seq_len: int, stride: int | None = None,
+               mode: Mode | None = None, progress: bool = False) -> PerplexityResult:
+    """Perplexity of `ids` (the separator first, then the text's tokens) whose text is `num_bytes` UTF-8 bytes."""
+    if num_bytes <= 0:
+        raise ValueError("the text is empty")
+    mode = mode or default_mode(model)
+    stride = stride or seq_len
+    nll, count = token_nll(model, ids, seq_len=seq_len, stride=stride, mode=mode, progress=progress)
+    return PerplexityResult(
+        tokens=count, bytes=num_bytes, nll_nats=nll, token_ppl=math.exp(min(nll / count, 700.0)),
+        bits_per_byte=nll / (math.log(2) * num_bytes), byte_ppl=math.exp(min(nll / num_bytes, 700.0)),
+        mode=mode, seq_len=seq_len, stride=stride if mode == "sliding" else seq_len,
+    )
+
+
+def encode_text(tokenizer, text: str, separator_id: int | None) -> torch.Tensor:
+    """[separator] + tokens of `text` (no other special tokens)."""
+    backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
+    ids = backend.encode(text, add_special_tokens=False).ids
+    prefix = [separator_id] if separator_id is not None else []
+    return torch.tensor(prefix + list(ids), dtype=torch.long)
