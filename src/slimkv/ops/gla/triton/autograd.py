@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 import triton
+from triton.runtime.errors import OutOfResources
 
 from .chunk_bwd import (
     gla_bwd_kernel_decay_grad,
@@ -35,10 +36,10 @@ class Tuning:
     """Launch parameters; the GPU benchmark sweeps them. BV_*: value tile of each stage."""
 
     bv_fwd: int = 64
-    warps_fwd: int = 4
+    warps_fwd: int = 8
     stages_fwd: int = 2
     bv_dh: int = 64
-    warps_dh: int = 4
+    warps_dh: int = 8
     stages_dh: int = 2
     bv_dqk: int = 64
     warps_dqk: int = 8
@@ -86,6 +87,25 @@ def chunk_tables(B: int, T: int, cu_seqlens: torch.Tensor | None, device: torch.
     return _tables_cached(lengths, CHUNK, device)
 
 
+def _launch(kernel, grid, *args, num_stages: int, **kwargs):
+    """Launch with `num_stages` pipeline stages, fewer if the stage buffers do not fit in shared memory
+    (fp32 operands take twice the room of bf16 ones)."""
+    key = (kernel.fn.__name__ if hasattr(kernel, "fn") else id(kernel), num_stages, args[0].dtype,
+           tuple(sorted(kwargs.items())))
+    for stages in range(_FITTING_STAGES.get(key, num_stages), 0, -1):
+        try:
+            out = kernel[grid](*args, num_stages=stages, **kwargs)
+        except OutOfResources:
+            if stages == 1:
+                raise
+            continue
+        _FITTING_STAGES[key] = stages
+        return out
+
+
+_FITTING_STAGES: dict = {}
+
+
 def _block(n: int) -> int:
     return max(triton.next_power_of_2(n), 16)
 
@@ -118,7 +138,7 @@ def _forward(q, k, v, g, scale, h0, tables: ChunkTables, store_final: bool, stor
     h_dtype = torch.float32 if TUNING.state_store == "float32" else q.dtype
     h = torch.empty(NC, H, K, V, dtype=h_dtype, device=dev) if store_h else None
     BV = min(TUNING.bv_fwd, _block(V))
-    gla_fwd_kernel_state[(triton.cdiv(V, BV), NS * H)](
+    _launch(gla_fwd_kernel_state, (triton.cdiv(V, BV), NS * H),
         qg, kg, v, A, gl, o, h0, ht, h, tables.seq_tok0, tables.seq_chunk0,
         H=H, K=K, V=V, BK=BK, BV=BV, C=CHUNK,
         HAS_H0=h0 is not None, STORE_HT=store_final, STORE_H=store_h,
@@ -138,7 +158,7 @@ def _backward(q, k, v, g, scale, saved, tables: ChunkTables, do, dht, ht, need_d
     dv = torch.empty_like(v)
     dh0 = torch.empty(NS, H, K, V, dtype=torch.float32, device=dev) if need_dh0 else None
     BV = min(TUNING.bv_dh, _block(V))
-    gla_bwd_kernel_state_grad[(triton.cdiv(V, BV), NS * H)](
+    _launch(gla_bwd_kernel_state_grad, (triton.cdiv(V, BV), NS * H),
         qg, kg, A, gl, do, dv, dht, dh0, dh, tables.seq_tok0, tables.seq_chunk0,
         H=H, K=K, V=V, BK=BK, BV=BV, C=CHUNK, HAS_DHT=dht is not None, STORE_DH0=need_dh0,
         num_warps=TUNING.warps_dh, num_stages=TUNING.stages_dh)
@@ -147,7 +167,7 @@ def _backward(q, k, v, g, scale, saved, tables: ChunkTables, do, dht, ht, need_d
     dg_rows = torch.empty(g.shape, dtype=torch.float32, device=dev)
     BV = min(TUNING.bv_dqk, _block(V))
     if head_decay:
-        gla_bwd_kernel_qk_grad[(NC, H)](
+        _launch(gla_bwd_kernel_qk_grad, (NC, H),
             q, k, v, G, gl, h, dh, do, dq, dk, None, dg_rows, tables.chunk_tok0, tables.chunk_len, scale,
             H=H, K=K, V=V, BK=BK, BV=BV, C=CHUNK, HEAD_DECAY=True,
             num_warps=TUNING.warps_dqk, num_stages=TUNING.stages_dqk)
@@ -155,7 +175,7 @@ def _backward(q, k, v, g, scale, saved, tables: ChunkTables, do, dht, ht, need_d
         dq_inter = torch.empty(q.shape, dtype=torch.float32, device=dev)
         dk_inter = torch.empty(k.shape, dtype=torch.float32, device=dev)
         dA = torch.empty(NC, H, CHUNK, CHUNK, dtype=torch.float32, device=dev)
-        gla_bwd_kernel_qk_grad[(NC, H)](
+        _launch(gla_bwd_kernel_qk_grad, (NC, H),
             q, k, v, G, gl, h, dh, do, dq_inter, dk_inter, dA, None, tables.chunk_tok0, tables.chunk_len, scale,
             H=H, K=K, V=V, BK=BK, BV=BV, C=CHUNK, HEAD_DECAY=False,
             num_warps=TUNING.warps_dqk, num_stages=TUNING.stages_dqk)
