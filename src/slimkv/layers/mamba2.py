@@ -1,0 +1,144 @@
+"""A Mamba2-style mixer whose scan is the project's gated-linear-attention op (scalar decay per head).
+
+legend: B batch, T time, d model width, H heads, P head (value) dim, N state size, Gb / Gc groups of B / C
+
+    x = h W_x [H*P],  B = h W_B [Gb*N],  C = h W_C [Gc*N]   -> depthwise causal conv (+ SiLU) over [x | B | C]
+    dt = softplus(h W_dt + dt_bias) [H],  log a = -exp(A_log) * dt   (<= 0, one per head: Mamba2's SSD)
+    S_t = a_t S_{t-1} + B_t^T (dt_t x_t),   y_t = C_t S_t + D x_t     (= gla(q=C, k=B, v=dt*x, log_decay, scale=1))
+    out = W_out(RMSNorm_per_head(y [* SiLU(z)]))
+
+Differences from the reference Mamba2 block, on purpose: B and C may have different group counts (RecurFormer's
+attention-derived init gives C one group per query head from W_q, B one group per KV head from W_k), x/B/C are
+separate projections with optional biases (Qwen2's q/k/v carry biases), the conv activation can be turned off, and
+the output norm is per head (heads stay independent, like the attention heads they replace).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..ops.conv import causal_conv1d, causal_conv1d_step
+from ..ops.gla import gla, gla_step
+
+
+class Mamba2Mixer(nn.Module):
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        head_dim: int,
+        state_size: int = 64,
+        num_b_groups: int = 1,
+        num_c_groups: int = 1,
+        conv_size: int = 4,
+        out_size: int | None = None,
+        use_gate: bool = False,
+        conv_activation: bool = True,
+        proj_bias: bool = False,
+        norm_eps: float = 1e-5,
+        dt_min: float = 1e-3,
+        dt_max: float = 1e-1,
+        gla_backend: str = "auto",
+    ):
+        super().__init__()
+        if num_heads % num_b_groups or num_heads % num_c_groups:
+            raise ValueError(
+                f"Mamba2Mixer: heads ({num_heads}) must be a multiple of B groups ({num_b_groups}) and C groups "
+                f"({num_c_groups})"
+            )
+        H, P, N = num_heads, head_dim, state_size
+        self.num_heads, self.head_dim, self.state_size = H, P, N
+        self.num_b_groups, self.num_c_groups = num_b_groups, num_c_groups
+        self.conv_size, self.use_gate, self.conv_activation = conv_size, use_gate, conv_activation
+        self.norm_eps, self.gla_backend = norm_eps, gla_backend
+        self.conv_channels = H * P + (num_b_groups + num_c_groups) * N
+
+        self.x_proj = nn.Linear(hidden_size, H * P, bias=proj_bias)
+        self.b_proj = nn.Linear(hidden_size, num_b_groups * N, bias=proj_bias)
+        self.c_proj = nn.Linear(hidden_size, num_c_groups * N, bias=proj_bias)
+        self.dt_proj = nn.Linear(hidden_size, H, bias=False)
+        self.z_proj = nn.Linear(hidden_size, H * P, bias=False) if use_gate else None
+        # depthwise conv weight [C, K] (the conv op's layout); weight[:, -1] multiplies the current token
+        self.conv_weight = nn.Parameter(torch.empty(self.conv_channels, conv_size))
+        self.conv_bias = nn.Parameter(torch.zeros(self.conv_channels))
+        self.A_log = nn.Parameter(torch.empty(H))
+        self.dt_bias = nn.Parameter(torch.empty(H))
+        self.D = nn.Parameter(torch.ones(H))
+        self.norm_weight = nn.Parameter(torch.ones(H * P))
+        self.out_proj = nn.Linear(H * P, out_size or hidden_size, bias=False)
+        self.reset_ssm_parameters(dt_min, dt_max)
+
+    @torch.no_grad()
+    def reset_ssm_parameters(self, dt_min: float = 1e-3, dt_max: float = 1e-1) -> None:
+        """Mamba2's init: A in [1, 16], dt log-uniform in [dt_min, dt_max] (through softplus), conv uniform."""
+        H = self.num_heads
+        self.A_log.copy_(torch.empty(H).uniform_(1, 16).log())
+        dt = torch.exp(torch.empty(H).uniform_(math.log(dt_min), math.log(dt_max))).clamp_min(1e-4)
+        self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        bound = self.conv_size ** -0.5
+        self.conv_weight.uniform_(-bound, bound)
+        self.conv_bias.zero_()
+
+    def state_shapes(self, batch_size: int) -> dict[str, tuple[int, ...]]:
+        return {
+            "conv_state": (batch_size, self.conv_channels, self.conv_size - 1),
+            "ssm_state": (batch_size, self.num_heads, self.state_size, self.head_dim),
+        }
+
+    def _expand_groups(self, t: torch.Tensor, groups: int) -> torch.Tensor:
+        """[..., G*N] -> [..., H, N], head h reading group h // (H // G)."""
+        t = t.unflatten(-1, (groups, self.state_size))
+        return t.repeat_interleave(self.num_heads // groups, dim=-2)
+
+    def forward(
+        self,
+        h: torch.Tensor,
+        conv_state: torch.Tensor | None = None,
+        ssm_state: torch.Tensor | None = None,
+        padding_mask: torch.Tensor | None = None,
+        use_cache: bool = False,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """h [B, T, d]; padding_mask [B, T] bool (True = real token). Returns y [B, T, out] and, when use_cache,
+        (conv_state [B, C, K-1], ssm_state [B, H, N, P] float32). T = 1 with both states given is a decode step."""
+        Bsz, T, _ = h.shape
+        H, P = self.num_heads, self.head_dim
+        xbc = torch.cat((self.x_proj(h), self.b_proj(h), self.c_proj(h)), dim=-1)
+        dt = F.softplus(self.dt_proj(h).float() + self.dt_bias.float())  # [B, T, H]
+        if padding_mask is not None:
+            # padded positions must not enter the conv history, and must leave the state unchanged (dt = 0)
+            real = padding_mask.unsqueeze(-1)
+            xbc = xbc * real.to(xbc.dtype)
+            dt = dt * real.to(dt.dtype)
+        decoding = T == 1 and conv_state is not None and ssm_state is not None
+        if decoding:
+            xbc_conv, new_conv = causal_conv1d_step(xbc[:, 0], self.conv_weight, self.conv_bias, conv_state)
+            xbc_conv = xbc_conv.unsqueeze(1)
+        else:
+            xbc_conv, new_conv = causal_conv1d(xbc, self.conv_weight, self.conv_bias, conv_state,
+                                               output_final_state=use_cache)
+        if self.conv_activation:
+            xbc_conv = F.silu(xbc_conv)
+        if padding_mask is not None:
+            xbc_conv = xbc_conv * padding_mask.unsqueeze(-1).to(xbc_conv.dtype)
+        x, b, c = xbc_conv.split([H * P, self.num_b_groups * self.state_size, self.num_c_groups * self.state_size], -1)
+        x = x.unflatten(-1, (H, P))
+        k = self._expand_groups(b, self.num_b_groups)
+        q = self._expand_groups(c, self.num_c_groups)
+        log_decay = -torch.exp(self.A_log.float()) * dt
+        v = x * dt.unsqueeze(-1).to(x.dtype)
+        if decoding:
+            o, new_ssm = gla_step(q[:, 0], k[:, 0], v[:, 0], log_decay[:, 0], ssm_state, 1.0)
+            o = o.unsqueeze(1)
+        else:
+            o, new_ssm = gla(q, k, v, log_decay, scale=1.0, initial_state=ssm_state, output_final_state=use_cache,
+                             backend=self.gla_backend)
+        y = o.float() + self.D.float()[:, None] * x.float()  # [B, T, H, P]
+        if self.z_proj is not None:
+            y = y * F.silu(self.z_proj(h).float()).unflatten(-1, (H, P))
+        y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + self.norm_eps)
+        y = (y.flatten(-2) * self.norm_weight.float()).to(h.dtype)
+        out = self.out_proj(y)
+        return out, ((new_conv, new_ssm) if use_cache else None)
