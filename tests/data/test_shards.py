@@ -115,6 +115,7 @@ def test_unigram_perplexity_by_hand():
         unigram_perplexity(np.array([0]), np.array([4]), 4)
 
 
+@pytest.mark.network
 def test_real_shards_hold_the_documents(brown_data):
     tokenizer = brown_data.load_tokenizer()
     tokens, meta = load_shard(brown_data.shards["heldout"], verify=True)
@@ -129,6 +130,7 @@ def test_real_shards_hold_the_documents(brown_data):
     assert 50 < unigram < 512
 
 
+@pytest.mark.network
 def test_prepare_data_is_cached_and_checks_seq_len(brown_data):
     shard = brown_data.shards["train"]
     before = shard.stat().st_mtime_ns
@@ -141,6 +143,7 @@ def test_prepare_data_is_cached_and_checks_seq_len(brown_data):
         prepare_data(brown_data.data_dir, vocab_size=512, seq_len=10**6, sources="brown", progress=False)
 
 
+@pytest.mark.network
 def test_encode_split_file_bad_input(brown_data, tmp_path):
     tokenizer = brown_data.load_tokenizer()
     (tmp_path / "empty.txt").write_bytes(b"")

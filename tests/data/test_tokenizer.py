@@ -40,6 +40,7 @@ def test_saved_tokenizer_loads_in_transformers(small_tokenizer):
     assert tokenizer_sha256(from_folder.backend_tokenizer) == tokenizer_sha256(tokenizer)
 
 
+@pytest.mark.network
 def test_round_trip_on_real_text(brown_data):
     tokenizer = brown_data.load_tokenizer()
     heldout = brown_data.corpus.split_path("heldout").read_text("utf-8")[:20000]

