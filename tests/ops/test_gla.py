@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from slimkv.ops.gla import gla, gla_step
+from slimkv.ops.gla import chunked, gla, gla_step
 from slimkv.ops.gla.chunked import gla_chunked
 from slimkv.ops.gla.reference import gla_reference
 
@@ -68,10 +68,30 @@ def test_chunked_matches_reference(T, chunk_size, per_head):
     per_head=st.booleans(),
     with_state=st.booleans(),
     seed=st.integers(0, 2**16),
+    exact_sub_chunks=st.booleans(),
 )
-def test_chunked_matches_reference_random_shapes(B, T, H, K, V, chunk_size, per_head, with_state, seed):
+def test_chunked_matches_reference_random_shapes(B, T, H, K, V, chunk_size, per_head, with_state, seed,
+                                                 exact_sub_chunks):
     inputs = make_inputs(B, T, H, K, V, per_head, with_state, seed=seed)
-    assert_same_as_reference(inputs, chunk_size)
+    # a negative limit sends every sub-chunk down the exact [c, c, K] path instead of the factored matmul
+    limit = -1.0 if exact_sub_chunks else chunked.FACTOR_LIMIT
+    original, chunked.FACTOR_LIMIT = chunked.FACTOR_LIMIT, limit
+    try:
+        assert_same_as_reference(inputs, chunk_size)
+    finally:
+        chunked.FACTOR_LIMIT = original
+
+
+@pytest.mark.parametrize("chunk_size", [16, 64])
+def test_mixed_factored_and_exact_sub_chunks(chunk_size):
+    # scattered -25 decays push some sub-chunks past FACTOR_LIMIT (exact path) while the rest stay factored
+    q, k, v, log_decay, state = make_inputs(2, 130, 2, 16, 12, False, True, seed=3)
+    strong = torch.rand(log_decay.shape, generator=torch.Generator().manual_seed(4)) < 0.01
+    log_decay = torch.where(strong, torch.full_like(log_decay, -25.0), log_decay)
+    # total decay of each aligned 16-token sub-chunk, weakest channel: both paths must occur
+    sub_chunk_decay = log_decay[:, :128].unflatten(1, (8, chunked.SUB_CHUNK)).sum(2).amin(-1)
+    assert (sub_chunk_decay < -chunked.FACTOR_LIMIT).any() and (sub_chunk_decay > -chunked.FACTOR_LIMIT).any()
+    assert_same_as_reference((q, k, v, log_decay, state), chunk_size)
 
 
 @pytest.mark.parametrize("per_head", [False, True])

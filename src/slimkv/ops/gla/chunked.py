@@ -22,6 +22,9 @@ import torch
 from . import _check
 
 SUB_CHUNK = 16
+# a sub-chunk whose decay stays within this many nats factors exp(l_i - l_j) = exp(l_i) * exp(-l_j) (a matmul):
+# both factors lie in [e^-20, e^20], far from float32 overflow and underflow; stronger decays take the exact path
+FACTOR_LIMIT = 20.0
 
 
 def gla_chunked(
@@ -135,12 +138,8 @@ def _intra_per_channel(q_c, k_c, v_c, prefix):
     # [B, H, N, S, c, K]: log-decay from r_s to token i (<= 0, at most c steps: small, so float32 keeps it exact)
     local = (prefix_s - ref).to(acc)
 
-    # pairs inside one sub-chunk: [B, H, N, S, c, c, K] of exact differences b_i - b_j; adding -inf above the
-    # diagonal masks j > i before the exponential, so nothing there can overflow (and its gradient is exactly 0)
-    above_diagonal = torch.zeros(c, c, 1, dtype=acc, device=q_c.device)
-    above_diagonal.masked_fill_(~_causal_mask(c, q_c.device).unsqueeze(-1), float("-inf"))
-    decay = (local.unsqueeze(-2) - local.unsqueeze(-3) + above_diagonal).exp()
-    scores = torch.einsum("...ik,...ijk,...jk->...ij", q_s, decay, k_s)
+    # pairs inside one sub-chunk, [B, H, N, S, c, c]
+    scores = _sub_chunk_scores(q_s, k_s, local)
     o = scores @ v_s
     if S == 1:
         return o.reshape(B, H, N, C, V)
@@ -160,3 +159,28 @@ def _intra_per_channel(q_c, k_c, v_c, prefix):
     scores = (q_ref @ k_ref.transpose(-1, -2)) * earlier.unsqueeze(-2)
     o = o + scores @ v_c.unsqueeze(3)
     return o.reshape(B, H, N, C, V)
+
+
+def _sub_chunk_scores(q_s, k_s, local):
+    """q_i . (k_j * exp(l_i - l_j)) for j <= i inside each sub-chunk. q_s, k_s, local [..., c, K] -> [..., c, c].
+
+    `local` is the log-decay from the sub-chunk's reference point (<= 0, decreasing along c).
+    """
+    c = local.shape[-2]
+    causal = _causal_mask(c, local.device)
+    # the last token has the most negative local decay of its sub-chunk, channel by channel
+    factorable = local[..., -1, :].amin(dim=-1) >= -FACTOR_LIMIT
+    # unfactorable sub-chunks get exponent 0 here (finite garbage), and are overwritten below
+    bounded = torch.where(factorable[..., None, None], local, 0.0)
+    scores = ((q_s * bounded.exp()) @ (k_s * (-bounded).exp()).transpose(-1, -2)) * causal
+    if bool(factorable.all()):
+        return scores
+    # exact path for the rest: [U, c, c, K] differences; -inf above the diagonal is added before exp, so those
+    # entries are exactly 0 with gradient 0 and nothing can overflow
+    rows = (~factorable).flatten().nonzero().squeeze(1)
+    q_u, k_u, local_u = (x.reshape(-1, c, x.shape[-1])[rows] for x in (q_s, k_s, local))
+    above_diagonal = torch.zeros(c, c, 1, dtype=local.dtype, device=local.device)
+    above_diagonal.masked_fill_(~causal.unsqueeze(-1), float("-inf"))
+    decay = (local_u.unsqueeze(-2) - local_u.unsqueeze(-3) + above_diagonal).exp()
+    exact = torch.einsum("uik,uijk,ujk->uij", q_u, decay, k_u)
+    return scores.reshape(-1, c, c).index_put((rows,), exact).reshape(scores.shape)
