@@ -148,3 +148,9 @@ def test_outputs_metrics_eval_and_export(tmp_path):
     # lr follows warmup (2 steps) then cosine down to min_lr_ratio * lr
     lrs = [r["lr"] for r in train_records]
     assert lrs[0] == pytest.approx(1.5e-3) and lrs[1] == pytest.approx(3e-3) and lrs[2] > lrs[3]
+
+
+def test_max_seconds_stops_cleanly_with_a_checkpoint(tmp_path):
+    result = fit(tiny_config(tmp_path, "timed", train={"steps": 50, "max_seconds": 1e-9, "checkpoint_every": 0}))
+    assert result.steps == 1 and result.checkpoint.name == "step-000001"
+    assert result.tokens_per_s is None and result.heldout_loss is not None

@@ -53,7 +53,9 @@ def run(args: argparse.Namespace) -> int:
     summary = {"run_dir": str(result.run_dir), "steps": result.steps, "tokens_seen": result.tokens_seen,
                "final_loss": result.losses[-1] if result.losses else None, "heldout_loss": result.heldout_loss,
                "heldout_ppl": result.heldout_ppl, "params": result.params,
-               "checkpoint": str(result.checkpoint) if result.checkpoint else None}
+               "checkpoint": str(result.checkpoint) if result.checkpoint else None,
+               "tokens_per_s": result.tokens_per_s, "peak_memory_bytes": result.peak_memory_bytes,
+               "world_size": trainer.world_size, "parallel": config.train.parallel, "device": trainer.device.type}
     if trainer.is_main:
         print(json.dumps(summary))
         if args.json:

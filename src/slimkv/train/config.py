@@ -116,6 +116,8 @@ class TrainSection:
     activation_checkpointing: bool = False
     # torch.compile each block
     compile: bool = False
+    # stop cleanly (eval, checkpoint, export) after this many seconds of wall time; 0 = no limit
+    max_seconds: float = 0.0
     # save a checkpoint every N steps (0 = only at the end); the last keep_checkpoints are kept
     checkpoint_every: int = 200
     keep_checkpoints: int = 2

@@ -60,6 +60,9 @@ class TrainResult:
     heldout_loss: float | None = None
     params: dict[str, int] = field(default_factory=dict)
     checkpoint: Path | None = None
+    # mean training throughput of this session (first step excluded); peak CUDA memory over ranks
+    tokens_per_s: float | None = None
+    peak_memory_bytes: int | None = None
 
     @property
     def heldout_ppl(self) -> float | None:
@@ -82,6 +85,14 @@ def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor.tolist()
+
+
+def _all_reduce_max(value: float, device: torch.device) -> float:
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor.item()
 
 
 class Trainer:
@@ -347,11 +358,15 @@ class Trainer:
         progress = tqdm(total=cfg.train.steps, initial=self.start_step, disable=not (self.is_main and cfg.log.progress),
                         desc=f"train {cfg.train.name}", unit="step", dynamic_ncols=True)
         step = self.start_step
-        window_start, window_tokens = time.perf_counter(), 0
+        started = time.perf_counter()
+        # throughput counts time inside optimizer steps only (not eval or checkpoints); the first step of a
+        # session (warm-up, compilation) is left out of the session average
+        window_tokens, window_seconds, session_tokens, session_seconds = 0, 0.0, 0, 0.0
         try:
             with self._signal_guard():
                 while step < cfg.train.steps:
                     rng_at_step_start = ckpt.rng_state()
+                    step_started = time.perf_counter()
                     try:
                         loss, grad_norm, lr = self._train_step(step)
                     except KeyboardInterrupt:
@@ -360,34 +375,43 @@ class Trainer:
                         self.optimizer.zero_grad(set_to_none=True)
                         self._stop_signal = "KeyboardInterrupt"
                     else:
+                        step_seconds = time.perf_counter() - step_started
                         step += 1
                         self.tokens_seen += tokens_per_step
-                        window_tokens += tokens_per_step
+                        window_tokens, window_seconds = window_tokens + tokens_per_step, window_seconds + step_seconds
+                        if step > self.start_step + 1:
+                            session_tokens, session_seconds = session_tokens + tokens_per_step, \
+                                session_seconds + step_seconds
                         result.losses.append(loss)
-                        elapsed = time.perf_counter() - window_start
-                        tokens_per_s = window_tokens / elapsed if elapsed > 0 else 0.0
+                        tokens_per_s = window_tokens / window_seconds if window_seconds > 0 else 0.0
                         progress.update(1)
                         progress.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_s:,.0f}")
                         if step % cfg.log.every == 0 or step == cfg.train.steps or step == self.start_step + 1:
-                            self.metrics.log(step, {"loss": loss, "lr": lr,
-                                                    "grad_norm": grad_norm, "tokens": self.tokens_seen,
-                                                    "tokens_per_s": tokens_per_s})
-                            window_start, window_tokens = time.perf_counter(), 0
+                            record = {"loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": self.tokens_seen,
+                                      "tokens_per_s": tokens_per_s}
+                            if self.device.type == "cuda":
+                                record["peak_memory_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+                            self.metrics.log(step, record)
+                            window_tokens, window_seconds = 0, 0.0
                         for callback in self.callbacks:
                             callback(self, step, loss)
                         if cfg.eval.every > 0 and step % cfg.eval.every == 0 and step < cfg.train.steps:
                             self._log_eval(step, result)
                         if cfg.train.checkpoint_every > 0 and step % cfg.train.checkpoint_every == 0:
                             result.checkpoint = self._save(step)
-                    if self._stop_requested():
+                    interrupted, out_of_time = self._stop_requested(time.perf_counter() - started)
+                    if interrupted:
                         path = self._save(step)
                         raise TrainingInterrupted(
                             f"stopped by {self._stop_signal} after step {step}; checkpoint saved to {path}; "
                             f"continue with --resume", path)
+                    if out_of_time:
+                        if self.is_main:
+                            tqdm.write(f"train.max_seconds ({cfg.train.max_seconds:g}) reached after step {step}")
+                        break
             if cfg.eval.every >= 0:
                 self._log_eval(step, result)
-            if result.checkpoint is None or self.last_checkpoint is None or \
-                    self.last_checkpoint.name != ckpt.checkpoint_name(step):
+            if self.last_checkpoint is None or self.last_checkpoint.name != ckpt.checkpoint_name(step):
                 result.checkpoint = self._save(step)
             else:
                 result.checkpoint = self.last_checkpoint
@@ -398,14 +422,20 @@ class Trainer:
             self.metrics.close()
         result.steps = step
         result.tokens_seen = self.tokens_seen
+        result.tokens_per_s = session_tokens / session_seconds if session_seconds > 0 else None
+        if self.device.type == "cuda":
+            result.peak_memory_bytes = int(_all_reduce_max(torch.cuda.max_memory_allocated(self.device), self.device))
         return result
 
-    def _stop_requested(self) -> bool:
-        flag = 1.0 if self._stop_signal is not None else 0.0
-        (total,) = _all_reduce_sum([flag], self.device)
-        if total > 0 and self._stop_signal is None:
+    def _stop_requested(self, elapsed: float) -> tuple[bool, bool]:
+        """(a stop signal arrived on any rank, train.max_seconds is up on rank 0): every rank gets the same answer."""
+        signal_flag = 1.0 if self._stop_signal is not None else 0.0
+        limit = self.config.train.max_seconds
+        time_flag = 1.0 if self.is_main and limit > 0 and elapsed >= limit else 0.0
+        signals, time_up = _all_reduce_sum([signal_flag, time_flag], self.device)
+        if signals > 0 and self._stop_signal is None:
             self._stop_signal = "a signal on another rank"
-        return total > 0
+        return signals > 0, time_up > 0
 
     def _log_eval(self, step: int, result: TrainResult) -> None:
         heldout_loss = self.evaluate()

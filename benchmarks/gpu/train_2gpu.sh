@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# 2-GPU verification of `slimkv train` (issue 3 item 4): the 130m Rodimus+ preset under torchrun with NCCL, once with
+# DDP and once with FSDP2, on synthetic tokens (no corpus needed), each for about a minute of training.
+# Writes $OUT/train_2gpu.json: tokens/s (training steps only, first step excluded), peak CUDA memory per rank,
+# final loss, step count, versions. Run from the repository root on a machine with 2 GPUs:
+#     OUT=/tmp/out bash benchmarks/gpu/train_2gpu.sh
+# Environment knobs: SECONDS_PER_ENGINE (default 60), ENGINES (default "ddp fsdp"), MICRO (default 8).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+OUT="${OUT:-benchmarks/results}"
+SECONDS_PER_ENGINE="${SECONDS_PER_ENGINE:-60}"
+ENGINES="${ENGINES:-ddp fsdp}"
+MICRO="${MICRO:-8}"
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=4
+RUNS="$(mktemp -d /tmp/slimkv-2gpu.XXXXXX)"
+
+for engine in $ENGINES; do
+  echo "== $engine ==" >&2
+  python -m torch.distributed.run --standalone --nproc_per_node=2 -m slimkv.cli.main train configs/130m.yaml \
+    --model.arch=rodimus_plus \
+    --data.source=synthetic --data.synthetic_vocab_size=32768 --data.synthetic_tokens=1000000 \
+    --train.parallel="$engine" --train.name="2gpu-$engine" --train.out_dir="$RUNS" \
+    --train.steps=100000 --train.max_seconds="$SECONDS_PER_ENGINE" --train.micro_batch_size="$MICRO" \
+    --train.checkpoint_every=0 --train.export_model=false \
+    --eval.every=-1 --log.every=5 --log.tensorboard=false --log.progress=false \
+    --json "$RUNS/summary-$engine.json" 2>&1 | tail -n 20 >&2
+done
+
+python - "$RUNS" "$OUT/train_2gpu.json" $ENGINES <<'PY'
+import json, subprocess, sys, pathlib, platform
+import torch, transformers
+runs, out, engines = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), sys.argv[3:]
+try:
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip() or None
+except OSError:
+    commit = None
+report = {
+    "what": "slimkv train, configs/130m.yaml, arch rodimus_plus, synthetic tokens, torchrun --nproc_per_node=2",
+    "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+    "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
+    "commit": commit, "engines": {},
+}
+for engine in engines:
+    summary = json.loads((runs / f"summary-{engine}.json").read_text())
+    metrics = [json.loads(l) for l in (runs / f"2gpu-{engine}" / "metrics.jsonl").read_text().splitlines() if l]
+    report["engines"][engine] = {
+        "steps": summary["steps"], "tokens_seen": summary["tokens_seen"],
+        "tokens_per_s": summary["tokens_per_s"],
+        "tokens_per_s_per_gpu": summary["tokens_per_s"] / 2 if summary["tokens_per_s"] else None,
+        "peak_memory_gib": summary["peak_memory_bytes"] / 2**30 if summary["peak_memory_bytes"] else None,
+        "final_loss": summary["final_loss"], "first_loss": next((m["loss"] for m in metrics if "loss" in m), None),
+        "params": summary["params"], "batch_tokens": 64 * 2048,
+    }
+out.write_text(json.dumps(report, indent=2) + "\n")
+print(json.dumps(report, indent=2))
+PY
+rm -rf "$RUNS"
