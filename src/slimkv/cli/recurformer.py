@@ -103,8 +103,8 @@ def _run_profile(args) -> int:
     ids = calibration_batches(tokenizer, text, args.num_sequences, args.seq_len, args.window)
     profile = profile_model(model, ids, windows, args.window, args.batch_size, progress=not args.quiet,
                             name=Path(args.model).name)
+    profile.calibration_text = source
     data = profile.to_json()
-    data["calibration_text"] = source
     if not args.quiet:
         print(format_table(profile))
     if args.json:

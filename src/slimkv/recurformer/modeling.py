@@ -153,8 +153,8 @@ class HybridAttention(nn.Module):
         self.replaced_heads = [h for u in self.replaced_units for h in geo.heads_of_unit(u)]
         # slot order of [kept heads | replaced heads] -> original head order, for o_proj
         order = self.kept_heads + self.replaced_heads
-        self.register_buffer("slot_index", torch.tensor([order.index(h) for h in range(geo.num_heads)]),
-                             persistent=False)
+        # a plain list, not a buffer: from_pretrained builds modules on the meta device and would lose it
+        self.slot_order = [order.index(h) for h in range(geo.num_heads)]
         self.scaling = geo.head_dim ** -0.5
         bias = bool(getattr(config, "attention_bias", False)) or config.model_type == "qwen2"
         sliding = getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) else None
@@ -185,7 +185,11 @@ class HybridAttention(nn.Module):
             return DDTSMixer(geo.hidden_size, expand_ratio=R * geo.head_dim / geo.hidden_size,
                              mem_size=kw.get("mem_size", 64), conv_size=kw.get("conv_size", 4),
                              out_size=R * geo.head_dim)
-        return WindowBranch(geo.hidden_size, R, G, geo.head_dim, bias, kw.get("window", 64), kw.get("sinks", 4))
+        window = kw.get("window", 64)
+        if self.window is not None:
+            # never let a replaced head see further back than the source model's own sliding window
+            window = min(window, self.window)
+        return WindowBranch(geo.hidden_size, R, G, geo.head_dim, bias, window, kw.get("sinks", 4))
 
     def forward(self, h, cos, sin, positions, valid, layer_cache=None):
         """h [B, T, d] (normed); positions/valid [B, S_total]; layer_cache: this layer's dict or None."""
@@ -212,7 +216,7 @@ class HybridAttention(nn.Module):
         if self.branch is not None:
             parts.append(self._run_branch(h, cos, sin, positions, valid, layer_cache))
         heads = torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
-        heads = heads.index_select(2, self.slot_index)
+        heads = heads.index_select(2, torch.tensor(self.slot_order, device=heads.device))
         return self.o_proj(heads.flatten(2))
 
     def _run_branch(self, h, cos, sin, positions, valid, layer_cache):

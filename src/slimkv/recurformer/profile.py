@@ -112,6 +112,7 @@ class RecencyProfile:
     window: int
     num_sequences: int
     seq_len: int
+    calibration_text: str = ""
     head_rr: dict[int, list[list[float]]] = field(default_factory=dict)
     unit_rr: dict[int, list[list[float]]] = field(default_factory=dict)
 
@@ -126,7 +127,8 @@ class RecencyProfile:
 
     @classmethod
     def from_json(cls, data: dict) -> "RecencyProfile":
-        data = dict(data)
+        known = set(cls.__dataclass_fields__)
+        data = {key: value for key, value in data.items() if key in known}
         data["head_rr"] = {int(w): v for w, v in data["head_rr"].items()}
         data["unit_rr"] = {int(w): v for w, v in data["unit_rr"].items()}
         return cls(**data)
