@@ -86,10 +86,12 @@ class GlaShape:
     K: int
     V: int
     per_head: bool = False
+    # log-decays 15x a gate's (mean ~ -3 per step): every sub-chunk takes chunked's exact [c, c, K] path
+    strong_decay: bool = False
     label: str = field(default="", compare=False)
 
     def name(self) -> str:
-        decay = "head" if self.per_head else "chan"
+        decay = ("head" if self.per_head else "chan") + (" strong" if self.strong_decay else "")
         return self.label or f"B{self.B} T{self.T} H{self.H} K{self.K} V{self.V} {decay}"
 
 
@@ -101,6 +103,7 @@ SHAPE_SETS: dict[str, list[GlaShape]] = {
         GlaShape(2, 512, 1, 64, 256),
         GlaShape(2, 2048, 1, 64, 256),
         GlaShape(2, 2048, 4, 64, 128, per_head=True),
+        GlaShape(2, 2048, 4, 64, 128, strong_decay=True),
     ],
     # Rodimus DDTS: one head, K = mem_size 64, V = d_inner = 2 d (d = 512 debug-sized, d = 2048 for the 1.6B)
     "rodimus": [
@@ -124,7 +127,8 @@ def _inputs(shape: GlaShape, device: torch.device, dtype: torch.dtype, seed: int
     q, k = rand(B, T, H, K) * K**-0.5, rand(B, T, H, K)
     v = rand(B, T, H, V)
     # a gate's log-sigmoid: decays from ~exp(-4) to ~1 per step
-    g = torch.nn.functional.logsigmoid(rand(*((B, T, H) if shape.per_head else (B, T, H, K))).float() + 2).to(dtype)
+    g = torch.nn.functional.logsigmoid(rand(*((B, T, H) if shape.per_head else (B, T, H, K))).float() + 2)
+    g = (g * 15 if shape.strong_decay else g).to(dtype)
     state = torch.randn(B, H, K, V, generator=gen).to(device=device, dtype=torch.float32) * 0.1
     return q, k, v, g, state
 
@@ -261,7 +265,7 @@ def machine_header(device: str | torch.device = "cpu") -> dict:
         "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),
         # other jobs on a shared machine slow every backend alike; the load says how much to trust absolute numbers
-        "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
         "git_commit": _git_commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -297,13 +301,16 @@ def _plot(results: list[dict], header: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     modes = ["forward", "forward+backward"]
-    labels = list(dict.fromkeys(f"{r['shape']}\n{r['dtype']}" for r in results))
+    def label_of(row: dict) -> str:
+        return f"{row['shape']}\n{row['dtype']}".replace(" K", "\nK", 1)
+
+    labels = list(dict.fromkeys(label_of(r) for r in results))
     backends = list(dict.fromkeys(r["backend"] for r in results))
     fig, axes = plt.subplots(2, 1, figsize=(max(8, 1.9 * len(labels)), 8.5))
     width = 0.8 / max(len(backends), 1)
     for ax, mode in zip(axes, modes):
         for b_index, backend in enumerate(backends):
-            rows = {f"{r['shape']}\n{r['dtype']}": r for r in results if r["backend"] == backend and r["mode"] == mode}
+            rows = {label_of(r): r for r in results if r["backend"] == backend and r["mode"] == mode}
             xs = [i + (b_index - (len(backends) - 1) / 2) * width for i in range(len(labels))]
             heights = [(rows.get(label) or {}).get("tokens_per_s") or 0 for label in labels]
             bars = ax.bar(xs, heights, width, label=backend)
@@ -320,8 +327,9 @@ def _plot(results: list[dict], header: dict, path: Path) -> None:
         ax.set_ylabel("tokens / s (higher is better)")
     axes[0].legend(fontsize=8)
     commit = (header.get("git_commit") or "?")[:10]
-    fig.suptitle(f"gla backends on {header.get('device_name')} ({header.get('threads')} threads), "
-                 f"torch {header.get('torch')}, {commit}, {header.get('date')}", fontsize=9)
+    fig.suptitle(f"gla backends on {header.get('device_name')}, threads={header.get('threads')}, "
+                 f"load={header.get('load_average_1m')}, torch {header.get('torch')}, {commit}, {header.get('date')}",
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=110)
     plt.close(fig)

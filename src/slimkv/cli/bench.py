@@ -65,13 +65,13 @@ def run(args: argparse.Namespace) -> int:
         results = bench_gla(device, shapes, names, dtypes, args.repeats, progress=progress)
     write_results(results, json_path, png_path, header=header)
 
-    print(f"{'backend':<10} {'shape':<28} {'dtype':<8} {'fwd tok/s':>12} {'fwd+bwd tok/s':>14} {'o rel err':>10}")
+    print(f"{'backend':<10} {'shape':<34} {'dtype':<8} {'fwd tok/s':>12} {'fwd+bwd tok/s':>14} {'o rel err':>10}")
     forward = [r for r in results if r["mode"] == "forward"]
     for row in forward:
         train = next(r for r in results if r["mode"] == "forward+backward" and r["backend"] == row["backend"]
                      and r["shape"] == row["shape"] and r["dtype"] == row["dtype"])
         train_rate = "skipped" if train["tokens_per_s"] is None else f"{train['tokens_per_s']:.0f}"
-        print(f"{row['backend']:<10} {row['shape']:<28} {row['dtype']:<8} {row['tokens_per_s']:>12.0f} "
+        print(f"{row['backend']:<10} {row['shape']:<34} {row['dtype']:<8} {row['tokens_per_s']:>12.0f} "
               f"{train_rate:>14} {row['o_rel_err']:>10.1e}")
     print(f"wrote {json_path} and {png_path}")
     return 0

@@ -7,12 +7,13 @@ Within a chunk, b = cumsum(g) (inclusive, restarted at each chunk). With the sta
     o_i   = scale * [ (q_i * exp(b_i)) S0  +  sum_{j <= i} (q_i . (k_j * exp(b_i - b_j))) v_j ]
     S_end = exp(b_last) * S0  +  sum_j (k_j * exp(b_last - b_j))^T v_j
 
-Every exponent above is <= 0, so nothing can overflow. Intra-chunk pairs (j <= i) never form exp(+b): pairs inside
-one sub-chunk of c tokens use a masked [c, c, K] tensor of exact differences b_i - b_j; pairs across sub-chunks
-factor through reference points between them, exp(b_i - r) * exp(r - end) * exp(end - b_j), each factor <= 1.
+Every exponent above is <= 0, so nothing can overflow. Intra-chunk pairs (j <= i) never form an unbounded
+exp(+b): pairs inside one sub-chunk of c tokens are one matmul when the sub-chunk decays by at most FACTOR_LIMIT
+nats (factors within e^+-20), else a masked [c, c, K] tensor of exact differences b_i - b_j; pairs across
+sub-chunks factor through reference points between them, exp(b_i - r) * exp(r - end) * exp(end - b_j), each <= 1.
 The prefix sums b are kept in float64 so their differences stay exact even after thousands of nats of decay.
-Memory is O(T * K * (c + C / c)), never T x T. With one log-decay per head the decay is a [C, C] matrix and the
-intra-chunk part is plain matmuls.
+Memory is O(T * K * C / c) (plus O(T * K * c) for strong decays), never T x T.
+With one log-decay per head the decay is a [C, C] matrix and the intra-chunk part is plain matmuls.
 See README.md in this folder for the derivation.
 """
 from __future__ import annotations
