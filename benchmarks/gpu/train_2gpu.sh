@@ -4,13 +4,16 @@
 # Writes $OUT/train_2gpu.json: tokens/s (training steps only, first step excluded), peak CUDA memory per rank,
 # final loss, step count, versions. Run from the repository root on a machine with 2 GPUs:
 #     OUT=/tmp/out bash benchmarks/gpu/train_2gpu.sh
-# Environment knobs: SECONDS_PER_ENGINE (default 60), ENGINES (default "ddp fsdp"), MICRO (default 8).
+# Environment knobs: SECONDS_PER_ENGINE (default 60), ENGINES (default "ddp fsdp"), MICRO (default 8),
+# CONFIG (default configs/130m.yaml), EXTRA (more --field=value overrides, e.g. for a CPU smoke test).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT="${OUT:-benchmarks/results}"
 SECONDS_PER_ENGINE="${SECONDS_PER_ENGINE:-60}"
 ENGINES="${ENGINES:-ddp fsdp}"
 MICRO="${MICRO:-8}"
+CONFIG="${CONFIG:-configs/130m.yaml}"
+EXTRA="${EXTRA:-}"
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=4
@@ -18,18 +21,18 @@ RUNS="$(mktemp -d /tmp/slimkv-2gpu.XXXXXX)"
 
 for engine in $ENGINES; do
   echo "== $engine ==" >&2
-  python -m torch.distributed.run --standalone --nproc_per_node=2 -m slimkv.cli.main train configs/130m.yaml \
+  python -m torch.distributed.run --standalone --nproc_per_node=2 -m slimkv.cli.main train "$CONFIG" \
     --model.arch=rodimus_plus \
     --data.source=synthetic --data.synthetic_vocab_size=32768 --data.synthetic_tokens=1000000 \
     --train.parallel="$engine" --train.name="2gpu-$engine" --train.out_dir="$RUNS" \
     --train.steps=100000 --train.max_seconds="$SECONDS_PER_ENGINE" --train.micro_batch_size="$MICRO" \
     --train.checkpoint_every=0 --train.export_model=false \
     --eval.every=-1 --log.every=5 --log.tensorboard=false --log.progress=false \
-    --json "$RUNS/summary-$engine.json" 2>&1 | tail -n 20 >&2
+    $EXTRA --json "$RUNS/summary-$engine.json" 2>&1 | tail -n 20 >&2
 done
 
 python - "$RUNS" "$OUT/train_2gpu.json" $ENGINES <<'PY'
-import json, subprocess, sys, pathlib, platform
+import json, os, subprocess, sys, pathlib, platform
 import torch, transformers
 runs, out, engines = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), sys.argv[3:]
 try:
@@ -37,8 +40,8 @@ try:
 except OSError:
     commit = None
 report = {
-    "what": "slimkv train, configs/130m.yaml, arch rodimus_plus, synthetic tokens, torchrun --nproc_per_node=2",
-    "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+    "what": "slimkv train, " + os.environ.get("CONFIG", "configs/130m.yaml") + ", arch rodimus_plus, synthetic tokens, torchrun --nproc_per_node=2",
+    "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else [],
     "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
     "commit": commit, "engines": {},
 }
@@ -51,7 +54,8 @@ for engine in engines:
         "tokens_per_s_per_gpu": summary["tokens_per_s"] / 2 if summary["tokens_per_s"] else None,
         "peak_memory_gib": summary["peak_memory_bytes"] / 2**30 if summary["peak_memory_bytes"] else None,
         "final_loss": summary["final_loss"], "first_loss": next((m["loss"] for m in metrics if "loss" in m), None),
-        "params": summary["params"], "batch_tokens": 64 * 2048,
+        "params": summary["params"], "tokens_per_step": summary["tokens_seen"] // max(1, summary["steps"]),
+        "device": summary["device"], "world_size": summary["world_size"],
     }
 out.write_text(json.dumps(report, indent=2) + "\n")
 print(json.dumps(report, indent=2))

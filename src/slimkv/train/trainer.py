@@ -264,7 +264,7 @@ class Trainer:
 
     # ---------------------------------------------------------------- the loop
     def _autocast(self):
-        if self.bf16 and self.config.train.parallel != "fsdp":
+        if self.bf16:
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
