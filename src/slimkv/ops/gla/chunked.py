@@ -8,11 +8,11 @@ Within a chunk, b = cumsum(g) (inclusive, restarted at each chunk). With the sta
     S_end = exp(b_last) * S0  +  sum_j (k_j * exp(b_last - b_j))^T v_j
 
 Every exponent above is <= 0, so nothing can overflow. Intra-chunk pairs (j <= i) never form an unbounded
-exp(+b): pairs inside one sub-chunk of c tokens are one matmul when the sub-chunk decays by at most FACTOR_LIMIT
-nats (factors within e^+-20), else a masked [c, c, K] tensor of exact differences b_i - b_j; pairs across
+exp(+b): pairs inside one sub-chunk of c tokens are one matmul over the channels that decay by at most
+FACTOR_LIMIT nats there (factors within e^+-20), plus masked [c, c] exact differences for the others; pairs across
 sub-chunks factor through reference points between them, exp(b_i - r) * exp(r - end) * exp(end - b_j), each <= 1.
 The prefix sums b are kept in float64 so their differences stay exact even after thousands of nats of decay.
-Memory is O(T * K * C / c) (plus O(T * K * c) for strong decays), never T x T.
+Memory is O(T * K * C / c) (plus O(T * c) per strong-decay channel), never T x T.
 With one log-decay per head the decay is a [C, C] matrix and the intra-chunk part is plain matmuls.
 See README.md in this folder for the derivation.
 """
@@ -165,23 +165,24 @@ def _intra_per_channel(q_c, k_c, v_c, prefix):
 def _sub_chunk_scores(q_s, k_s, local):
     """q_i . (k_j * exp(l_i - l_j)) for j <= i inside each sub-chunk. q_s, k_s, local [..., c, K] -> [..., c, c].
 
-    `local` is the log-decay from the sub-chunk's reference point (<= 0, decreasing along c).
+    `local` is the log-decay from the sub-chunk's reference point (<= 0, decreasing along c). Each (sub-chunk,
+    channel) is either factored (decays by at most FACTOR_LIMIT over the sub-chunk) or exact.
     """
-    c = local.shape[-2]
+    c, K = local.shape[-2:]
     causal = _causal_mask(c, local.device)
-    # the last token has the most negative local decay of its sub-chunk, channel by channel
-    factorable = local[..., -1, :].amin(dim=-1) >= -FACTOR_LIMIT
-    # unfactorable sub-chunks get exponent 0 here (finite garbage), and are overwritten below
-    bounded = torch.where(factorable[..., None, None], local, 0.0)
-    scores = ((q_s * bounded.exp()) @ (k_s * (-bounded).exp()).transpose(-1, -2)) * causal
+    # [..., 1, K]: the last token has the most negative local decay of its sub-chunk
+    factorable = local[..., -1:, :] >= -FACTOR_LIMIT
+    # channels left out of the matmul get exponent 0 and q = 0, so they add nothing there
+    bounded = torch.where(factorable, local, 0.0)
+    q_factored = torch.where(factorable, q_s * bounded.exp(), 0.0)
+    scores = (q_factored @ (k_s * (-bounded).exp()).transpose(-1, -2)) * causal
     if bool(factorable.all()):
         return scores
-    # exact path for the rest: [U, c, c, K] differences; -inf above the diagonal is added before exp, so those
-    # entries are exactly 0 with gradient 0 and nothing can overflow
-    rows = (~factorable).flatten().nonzero().squeeze(1)
-    q_u, k_u, local_u = (x.reshape(-1, c, x.shape[-1])[rows] for x in (q_s, k_s, local))
-    above_diagonal = torch.zeros(c, c, 1, dtype=local.dtype, device=local.device)
-    above_diagonal.masked_fill_(~causal.unsqueeze(-1), float("-inf"))
-    decay = (local_u.unsqueeze(-2) - local_u.unsqueeze(-3) + above_diagonal).exp()
-    exact = torch.einsum("uik,uijk,ujk->uij", q_u, decay, k_u)
-    return scores.reshape(-1, c, c).index_put((rows,), exact).reshape(scores.shape)
+    # exact path for the other (sub-chunk, channel) pairs: [U, c, c] differences; -inf above the diagonal is
+    # added before exp, so those entries are exactly 0 with gradient 0 and nothing can overflow
+    rows, channels = (~factorable).reshape(-1, K).nonzero(as_tuple=True)
+    q_u, k_u, local_u = (x.reshape(-1, c, K)[rows, :, channels] for x in (q_s, k_s, local))
+    above_diagonal = torch.zeros(c, c, dtype=local.dtype, device=local.device).masked_fill_(~causal, float("-inf"))
+    decay = (local_u.unsqueeze(-1) - local_u.unsqueeze(-2) + above_diagonal).exp()
+    exact = q_u.unsqueeze(-1) * decay * k_u.unsqueeze(-2)
+    return scores.reshape(-1, c, c).index_add(0, rows, exact).reshape(scores.shape)
