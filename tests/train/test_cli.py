@@ -177,3 +177,21 @@ def test_sigterm_to_a_running_cli_saves_and_exits_nonzero(tmp_path):
     assert "stopped by SIGTERM" in err and "continue with --resume" in err
     pointer = (tmp_path / "runs" / "long" / "checkpoints" / "latest").read_text().strip()
     assert pointer.startswith("step-")
+
+
+def test_resume_on_different_data_is_refused(tmp_path, capsys):
+    config = write_config(tmp_path, "data", train={"steps": 2})
+    assert run_cli(capsys, "train", config)[0] == 0
+    code, _, err = run_cli(capsys, "train", config, "--train.steps=4", "--data.synthetic_tokens=9000", "--resume")
+    assert code == 2 and "resuming needs the same data" in err
+
+
+def test_count_params_of_every_preset_arch(capsys):
+    root = Path(__file__).resolve().parents[2]
+    code, out, _ = run_cli(capsys, "train", root / "configs" / "130m.yaml", "--count-params")
+    counts = json.loads(out)
+    assert code == 0 and set(counts) == {"rodimus", "rodimus_plus", "llama"}
+    assert counts["rodimus"]["layers"] == 24 and counts["rodimus_plus"]["layers"] == 12
+    # the presets keep the three within 5% of each other (non-embedding)
+    sizes = [c["non_embedding"] for c in counts.values()]
+    assert max(sizes) / min(sizes) < 1.05

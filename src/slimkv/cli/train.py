@@ -17,6 +17,8 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", nargs="?", const=True, default=None, metavar="PATH",
                         help="continue from the latest checkpoint of this run, or from PATH (run or checkpoint dir)")
     parser.add_argument("--json", default=None, metavar="PATH", help="write a summary of the run as JSON")
+    parser.add_argument("--count-params", action="store_true",
+                        help="print the parameter counts of rodimus, rodimus_plus and llama for this config and exit")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,15 +37,39 @@ def _split_overrides(args: argparse.Namespace) -> list[str]:
     late, rest = options.parse_known_args(args.overrides or [])
     args.resume = late.resume if late.resume is not None else args.resume
     args.json = late.json or args.json
+    args.count_params = late.count_params or args.count_params
     for item in rest:
         if not item.startswith("--") or "=" not in item:
             raise ValueError(f"unrecognised argument {item!r}; config overrides look like --section.field=value")
     return rest
 
 
+def count_params(config) -> dict[str, dict[str, int]]:
+    """Parameter counts of each arch at this config's sizes (built on the meta device: no memory, no init)."""
+    import dataclasses
+
+    import torch
+
+    from ..train.factory import build_model, count_parameters
+
+    data = config.data
+    vocab_size = config.model.vocab_size or (data.synthetic_vocab_size if data.source == "synthetic"
+                                             else data.tokenizer_vocab_size)
+    counts = {}
+    for arch in ("rodimus", "rodimus_plus", "llama"):
+        model_cfg = dataclasses.replace(config.model, arch=arch)
+        with torch.device("meta"):
+            counts[arch] = {"layers": model_cfg.resolved_num_layers(),
+                            **count_parameters(build_model(model_cfg, vocab_size))}
+    return counts
+
+
 def run(args: argparse.Namespace) -> int:
     overrides = _split_overrides(args)
     config = load_run_config(args.config, overrides)
+    if args.count_params:
+        print(json.dumps(count_params(config), indent=2))
+        return 0
     trainer = Trainer(config, resume=args.resume)
     try:
         result = trainer.fit()

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from ..config import config_to_dict, dump_config
 from . import checkpoint as ckpt
-from .batches import BatchPlan, SequenceSource
+from .batches import BatchPlan
 from .config import RunConfig
 from .data_sources import DataSources, build_sources
 from .factory import build_model, count_parameters
@@ -158,7 +158,7 @@ class Trainer:
     def _meta(self, step: int) -> dict[str, Any]:
         return {"step": step, "scheduler": self.scheduler.state_dict(), "config": config_to_dict(self.config),
                 "world_size": self.world_size, "data_position": step * self.config.train.batch_size,
-                "tokens_seen": self.tokens_seen}
+                "data_sequences": len(self.sources.train), "tokens_seen": self.tokens_seen}
 
     def _save(self, step: int) -> Path:
         # never persist a diverged state: the previous checkpoint stays the last good one
@@ -201,6 +201,10 @@ class Trainer:
         if saved_train.get("batch_size", self.config.train.batch_size) != self.config.train.batch_size:
             raise ValueError(f"checkpoint {str(checkpoint)!r} was trained with train.batch_size="
                              f"{saved_train['batch_size']}; resuming needs the same global batch")
+        saved_sequences = meta.get("data_sequences", len(self.sources.train))
+        if saved_sequences != len(self.sources.train):
+            raise ValueError(f"checkpoint {str(checkpoint)!r} was trained on data with {saved_sequences} sequences, "
+                             f"this config's data has {len(self.sources.train)}; resuming needs the same data")
         saved_format = meta.get("format")
         wanted = "dcp" if self.config.train.parallel == "fsdp" else "full"
         if saved_format != wanted:
