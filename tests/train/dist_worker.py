@@ -21,8 +21,11 @@ def run_engines(rank: int, world_size: int, port: int, out_dir: str, engines: li
     results = {}
     try:
         for engine in engines:
+            # FSDP also recomputes activations per block (AC wrapped inside fully_shard, as in production)
             cfg = tiny_config(Path(out_dir), engine, arch, train={"parallel": engine, "steps": 4, "checkpoint_every": 0,
-                                                                  "export_model": True}, eval={"every": 2})
+                                                                  "export_model": True,
+                                                                  "activation_checkpointing": engine == "fsdp"},
+                              eval={"every": 2})
 
             def stop_at_2(trainer, step, loss):
                 if step == 2:
