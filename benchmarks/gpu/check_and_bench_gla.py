@@ -47,12 +47,13 @@ def main() -> int:
     parser.add_argument("--no-timings", action="store_true")
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--tune", action="store_true", help="sweep launch parameters at the target shape first")
+    parser.add_argument("--budget", type=float, default=480.0, help="seconds; later sections are cut short")
     parser.add_argument("--target-only", action="store_true", help="time only B8 T2048 K64 V4096")
     args = parser.parse_args()
     shapes = [gpu_ops.TARGET] if args.target_only else gpu_ops.TIMING_SHAPES
     report = gpu_ops.run(args.out, checks=not args.no_checks, timings=not args.no_timings,
                          tuning=args.tune, profile=not args.no_profile, shapes=shapes,
-                         log=lambda s: print(s, flush=True))
+                         log=lambda s: print(s, flush=True), budget_s=args.budget)
     summary(report)
     checks = report.get("checks", [])
     return 0 if all(c["passed"] for c in checks) else 1

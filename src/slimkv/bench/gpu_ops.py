@@ -218,27 +218,40 @@ def check_step(shape: Shape, dtype: torch.dtype) -> dict:
             "passed": all(e <= bound for e in errors.values())}
 
 
-def run_checks(log=print) -> list[dict]:
-    results = []
+def _log_check(r: dict, log) -> None:
+    worst = max(r["errors"], key=lambda n: r["errors"][n])
+    log(f"check {r['backend']:12s} {r['dtype']:9s} {Shape(**r['shape']).label():42s} "
+        f"worst {worst}={r['errors'][worst]:.2e} bound {r['bound']:.0e} {'ok' if r['passed'] else 'FAIL'}")
+
+
+def run_checks(log=print, deadline: float = float("inf")) -> list[dict]:
+    """Every kernel in both dtypes; logs each result as it lands and stops starting new ones after `deadline`."""
+    lengths = [1, 63, 64, 65, 700, 2000, 1203]
+    jobs = []
     for dtype in (torch.float32, torch.bfloat16):
-        for shape in CHECK_SHAPES:
-            results.append(check_one(shape, dtype))
-        results.append(check_one(Shape("rodimus-strong", 2, 1024, 1, 64, 512, "channel"), dtype, strong_decay=True))
-        results.append(check_one(Shape("mamba2-strong", 2, 1024, 8, 64, 64, "head"), dtype, strong_decay=True))
-        lengths = [1, 63, 64, 65, 700, 2000, 1203]
-        results.append(check_one(Shape("varlen", 1, sum(lengths), 2, 64, 256, "channel"), dtype, cu_lengths=lengths))
-        results.append(check_one(Shape("varlen", 1, sum(lengths), 8, 64, 64, "head"), dtype, cu_lengths=lengths))
-        results.append(check_step(Shape("rodimus-step", 8, 1, 1, 64, 4096, "channel"), dtype))
-        results.append(check_step(Shape("mamba2-step", 8, 1, 32, 64, 64, "head"), dtype))
-    # the loop spec itself once at a realistic length (slow: one step per token), and the peer for context
-    results.append(check_one(Shape("rodimus", 1, 512, 1, 64, 4096, "channel"), torch.bfloat16, reference="reference"))
-    if fla_available():
-        for dtype in (torch.float32, torch.bfloat16):
-            results.append(check_one(CHECK_SHAPES[0], dtype, backend="fla"))
-    for r in results:
-        worst = max(r["errors"], key=lambda n: r["errors"][n])
-        log(f"check {r['backend']:12s} {r['dtype']:9s} {Shape(**r['shape']).label():42s} "
-            f"worst {worst}={r['errors'][worst]:.2e} bound {r['bound']:.0e} {'ok' if r['passed'] else 'FAIL'}")
+        jobs += [
+            lambda d=dtype: check_one(CHECK_SHAPES[0], d),
+            lambda d=dtype: check_one(CHECK_SHAPES[1], d),
+            lambda d=dtype: check_one(Shape("varlen", 1, sum(lengths), 2, 64, 256, "channel"), d, cu_lengths=lengths),
+            lambda d=dtype: check_one(Shape("rodimus-strong", 2, 1024, 1, 64, 512, "channel"), d, strong_decay=True),
+            lambda d=dtype: check_one(Shape("mamba2-strong", 2, 1024, 8, 64, 64, "head"), d, strong_decay=True),
+            lambda d=dtype: check_step(Shape("rodimus-step", 8, 1, 1, 64, 4096, "channel"), d),
+            lambda d=dtype: check_step(Shape("mamba2-step", 8, 1, 32, 64, 64, "head"), d),
+        ]
+    jobs += [
+        lambda: check_one(CHECK_SHAPES[2], torch.bfloat16),
+        lambda: check_one(CHECK_SHAPES[3], torch.bfloat16),
+        lambda: check_one(Shape("varlen", 1, sum(lengths), 8, 64, 64, "head"), torch.bfloat16, cu_lengths=lengths),
+        # the loop spec itself once at a realistic width (slow: one step per token)
+        lambda: check_one(Shape("rodimus", 1, 256, 1, 64, 4096, "channel"), torch.bfloat16, reference="reference"),
+    ]
+    results = []
+    for job in jobs:
+        if time.time() > deadline:
+            log(f"checks: deadline reached, {len(jobs) - len(results)} checks not run")
+            break
+        results.append(job())
+        _log_check(results[-1], log)
     return results
 
 
@@ -288,6 +301,9 @@ def time_one(shape: Shape, dtype: torch.dtype, backend: str, mode: str) -> float
     q, k, v, g, _ = make_inputs(shape, dtype, seed=0)
     if mode == "fwd":
         with torch.no_grad():
+            # first call outside the timing: compilation and the peer's autotuning
+            fn(q, k, v, g, None, False)
+            torch.cuda.synchronize()
             return do_bench(lambda: fn(q, k, v, g, None, False), warmup=25, rep=100, return_mode="median")
     inputs = [x.requires_grad_(True) for x in (q, k, v, g)]
     do = torch.randn(shape.B, shape.T, shape.H, shape.V, device=DEVICE, dtype=dtype)
@@ -296,12 +312,18 @@ def time_one(shape: Shape, dtype: torch.dtype, backend: str, mode: str) -> float
         o, _ = fn(*inputs, None, False)
         torch.autograd.grad(o, inputs, do)
 
+    step()
+    torch.cuda.synchronize()
     return do_bench(step, warmup=25, rep=100, return_mode="median")
 
 
-def run_timings(ceilings: dict, shapes=TIMING_SHAPES, backends=("triton", "chunked", "fla"), log=print) -> list[dict]:
+def run_timings(ceilings: dict, shapes=TIMING_SHAPES, backends=("triton", "fla", "chunked"), log=print,
+                deadline: float = float("inf")) -> list[dict]:
     rows = []
     for shape in shapes:
+        if time.time() > deadline:
+            log(f"timings: deadline reached before {shape.label()}")
+            break
         for mode in ("fwd", "fwd_bwd"):
             fl = floors(shape, torch.bfloat16, mode, ceilings)
             for backend in backends:
@@ -481,20 +503,21 @@ def _write_json(report: dict, path: Path) -> None:
 
 
 def run(out_dir: str | os.PathLike, checks=True, timings=True, tuning=False, profile=True,
-        shapes=TIMING_SHAPES, log=print) -> dict:
+        shapes=TIMING_SHAPES, log=print, budget_s: float = 480.0) -> dict:
     """Everything above in one go; writes gla_gpu.json (after every section) and gla_gpu.png."""
     if not torch.cuda.is_available():
         raise RuntimeError("slimkv.bench.gpu_ops needs a CUDA device")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / "gla_gpu.json"
+    start = time.time()
     report = {"schema": SCHEMA, "meta": _meta()}
     log(f"device: {report['meta']['device']}  torch {torch.__version__}  fla {report['meta']['fla']}")
     report["ceilings"] = device_ceilings()
     log(f"ceilings: copy {report['ceilings']['copy_bytes_per_s'] / 1e12:.2f} TB/s, "
         f"bf16 {report['ceilings']['bf16_flop_per_s'] / 1e12:.0f} TFLOP/s")
     if checks:
-        report["checks"] = run_checks(log)
+        report["checks"] = run_checks(log, deadline=start + 0.35 * budget_s)
         _write_json(report, json_path)
     if tuning:
         report["tuning"] = tune(TARGET, log)
@@ -503,10 +526,10 @@ def run(out_dir: str | os.PathLike, checks=True, timings=True, tuning=False, pro
 
     report["tuning_used"] = asdict(TUNING)
     if timings:
-        report["timings"] = run_timings(report["ceilings"], shapes, log=log)
+        report["timings"] = run_timings(report["ceilings"], shapes, log=log, deadline=start + 0.8 * budget_s)
         _write_json(report, json_path)
         plot(report, out / "gla_gpu.png")
-    if profile:
+    if profile and time.time() < start + 0.9 * budget_s:
         report["stages"] = {"triton": stage_profile(TARGET, "triton")}
         if fla_available():
             report["stages"]["fla"] = stage_profile(TARGET, "fla")

@@ -23,7 +23,7 @@ import triton.language as tl
 def gla_bwd_kernel_state_grad(
     qg, kg, A, gl, do, dv, dht, dh0, dh_store,
     seq_tok0, seq_chunk0,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, C: tl.constexpr,
+    H, K, V, BK: tl.constexpr, BV: tl.constexpr, C: tl.constexpr,
     HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
 ):
     """Grid (cdiv(V, BV), NS * H). Writes dv and dh [NC, H, K, V] (grad of the state leaving each chunk)."""
@@ -73,7 +73,7 @@ def gla_bwd_kernel_state_grad(
 def gla_bwd_kernel_qk_grad(
     q, k, v, G, gl, h_store, dh_store, do, dq, dk, dA_out, dg_rows,
     chunk_tok0, chunk_len, scale,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, C: tl.constexpr,
+    H, K, V, BK: tl.constexpr, BV: tl.constexpr, C: tl.constexpr,
     HEAD_DECAY: tl.constexpr,
 ):
     """Grid (NC, H). Per-head decay: final dq, dk (input dtype) and dg_rows [N, H] = sum_k (q dq - k dk).
@@ -136,7 +136,7 @@ def gla_bwd_kernel_qk_grad(
 def gla_bwd_kernel_intra_channel(
     q, k, G, dA, dq_inter, dk_inter, dq, dk, dg_rows,
     chunk_tok0, chunk_len,
-    H: tl.constexpr, K: tl.constexpr, C: tl.constexpr, BC: tl.constexpr, BKI: tl.constexpr,
+    H, K, C: tl.constexpr, BC: tl.constexpr, BKI: tl.constexpr,
 ):
     """Per-channel decay. Grid (NC, H, (C // BC) * cdiv(K, BKI)): row block X and key block of BKI channels.
     dA already carries the scale and the causal mask. Writes dq, dk (input dtype), dg_rows [N, H, K] fp32."""
@@ -202,7 +202,7 @@ def gla_bwd_kernel_intra_channel(
 @triton.jit
 def gla_bwd_kernel_decay_grad(
     dg_rows, dg_final, dg, seq_tok0, seq_chunk0,
-    H: tl.constexpr, K: tl.constexpr, BK: tl.constexpr, C: tl.constexpr,
+    H, K, BK: tl.constexpr, C: tl.constexpr,
     HEAD_DECAY: tl.constexpr, HAS_FINAL: tl.constexpr,
 ):
     """Grid (NS * H,). Reverse cumulative sum of dg_rows within each sequence, plus the final-state term."""

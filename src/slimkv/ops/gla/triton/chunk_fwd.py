@@ -18,7 +18,7 @@ import triton.language as tl
 def gla_fwd_kernel_state(
     qg, kg, v, A, gl, o, h0, ht, h_store,
     seq_tok0, seq_chunk0,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, C: tl.constexpr,
+    H, K, V, BK: tl.constexpr, BV: tl.constexpr, C: tl.constexpr,
     HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, STORE_H: tl.constexpr,
 ):
     """Grid (cdiv(V, BV), NS * H)."""

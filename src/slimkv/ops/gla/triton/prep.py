@@ -20,7 +20,7 @@ import triton.language as tl
 def gla_fwd_kernel_prep(
     q, k, g, G_out, qg_out, kg_out, gl_out,
     chunk_tok0, chunk_len, scale,
-    H: tl.constexpr, K: tl.constexpr, BK: tl.constexpr, C: tl.constexpr, HEAD_DECAY: tl.constexpr,
+    H, K, BK: tl.constexpr, C: tl.constexpr, HEAD_DECAY: tl.constexpr,
 ):
     """Grid (NC, H). Writes G [N, H(, K)] fp32, qg/kg [N, H, K] (input dtype), gl [NC, H, K] fp32."""
     c = tl.program_id(0)
@@ -58,7 +58,7 @@ def gla_fwd_kernel_prep(
 @triton.jit
 def gla_fwd_kernel_intra_head(
     q, k, G, A_out, chunk_tok0, chunk_len, scale,
-    H: tl.constexpr, K: tl.constexpr, BK: tl.constexpr, C: tl.constexpr,
+    H, K, BK: tl.constexpr, C: tl.constexpr,
 ):
     """Per-head decay. Grid (NC, H). A [NC, H, C, C] fp32, zero above the diagonal and outside the sequence."""
     c = tl.program_id(0)
@@ -82,7 +82,7 @@ def gla_fwd_kernel_intra_head(
 @triton.jit
 def gla_fwd_kernel_intra_channel(
     q, k, G, A_out, chunk_tok0, chunk_len, scale,
-    H: tl.constexpr, K: tl.constexpr, BK: tl.constexpr, C: tl.constexpr, BC: tl.constexpr, BKD: tl.constexpr,
+    H, K, BK: tl.constexpr, C: tl.constexpr, BC: tl.constexpr, BKD: tl.constexpr,
 ):
     """Per-channel decay. Grid (NC, H, C // BC): one program per row block I of A. BKD: key block of the diagonal."""
     c = tl.program_id(0)

@@ -17,7 +17,7 @@ import triton.language as tl
 @triton.jit
 def gla_step_kernel(
     q, k, v, g, state, new_state, o, scale,
-    K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HEAD_DECAY: tl.constexpr,
+    K, V, BK: tl.constexpr, BV: tl.constexpr, HEAD_DECAY: tl.constexpr,
 ):
     """Grid (B * H, cdiv(V, BV)). state/new_state [B, H, K, V] fp32 (may alias)."""
     bh = tl.program_id(0).to(tl.int64)
