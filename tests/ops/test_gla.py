@@ -171,6 +171,13 @@ def test_zero_initial_state_is_the_default():
     assert gla_chunked(q, k, v, log_decay)[1] is None
 
 
+def test_empty_sequence_keeps_the_state():
+    q, k, v, log_decay, state = make_inputs(2, 0, 2, 8, 4, False, True)
+    o, final = gla(q, k, v, log_decay, initial_state=state, output_final_state=True, backend="chunked")
+    assert o.shape == (2, 0, 2, 4)
+    torch.testing.assert_close(final, state)
+
+
 def test_bad_inputs_raise_value_error():
     q, k, v, log_decay, state = make_inputs(2, 10, 2, 8, 4, False, True)
     bad_calls = {

@@ -68,6 +68,8 @@ def gla(
         scale: query scale, default K ** -0.5.
         initial_state: [B, H, K, V] carried state, or None for zeros.
         output_final_state: also return the state after the last step ([B, H, K, V], float32 or float64).
+        backend: "auto" (triton on CUDA when available, else chunked), "reference", "chunked" or "triton".
+        chunk_size: tokens per chunk for the chunked backend; best as a multiple of 16 (see ops/gla/README.md).
     Returns:
         o [B, T, H, V] in q's dtype, and the final state or None.
 

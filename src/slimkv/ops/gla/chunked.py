@@ -62,6 +62,9 @@ def gla_chunked(
     # sums of T decayed outer products: float32 at least, float64 when the caller works in float64
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     per_head = log_decay.dim() == 3
+    if T == 0:
+        state = q.new_zeros(B, H, K, V, dtype=acc) if initial_state is None else initial_state.to(acc)
+        return q.new_zeros(B, 0, H, V), (state if output_final_state else None)
 
     # chunks of sub-chunk multiples where possible; a short sequence becomes one padded chunk
     C = min(chunk_size, -(-T // SUB_CHUNK) * SUB_CHUNK) if chunk_size % SUB_CHUNK == 0 else min(chunk_size, T)
