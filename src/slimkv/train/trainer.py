@@ -128,7 +128,7 @@ class Trainer:
             raise ValueError(f"config field 'data.seq_len' ({cfg.data.seq_len}) exceeds the model's position limit "
                              f"max_position_embeddings ({limit})")
         self.params = count_parameters(model)
-        self.base_model = model.to(self.device)
+        model.to(self.device)
         self.model = parallelize(model, parallel=cfg.train.parallel, device=self.device,
                                  activation_checkpointing=cfg.train.activation_checkpointing,
                                  compile_blocks=cfg.train.compile,
@@ -190,10 +190,14 @@ class Trainer:
         return True
 
     def _check_compatible(self, checkpoint: Path, meta: dict[str, Any]) -> None:
-        saved_model = meta.get("config", {}).get("model", {})
+        saved_model = dict(meta.get("config", {}).get("model", {}))
         current = config_to_dict(self.config)["model"]
+        # compare layer counts as resolved (num_hidden_layers, or layers_by_arch[arch] when that is 0)
+        for fields in (saved_model, current):
+            if fields.get("num_hidden_layers") == 0:
+                fields["num_hidden_layers"] = fields.get("layers_by_arch", {}).get(fields.get("arch"), 0)
         for key in ("arch", "hidden_size", "num_hidden_layers", "mem_size", "expand_ratio", "num_heads",
-                    "window_size", "intermediate_size", "tie_word_embeddings", "vocab_size"):
+                    "num_key_value_heads", "window_size", "intermediate_size", "tie_word_embeddings", "vocab_size"):
             if key in saved_model and saved_model[key] != current[key]:
                 raise ValueError(f"checkpoint {str(checkpoint)!r} does not match the config: model.{key} is "
                                  f"{saved_model[key]!r} there and {current[key]!r} here")
