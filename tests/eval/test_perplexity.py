@@ -33,22 +33,24 @@ def test_recurrent_windows_equal_one_long_forward(arch, seq_len):
     assert nll == pytest.approx(full_nll(model, ids), rel=1e-5)
 
 
-def test_rodimus_plus_restarts_at_the_position_limit():
-    model = tiny("rodimus_plus", max_positions=20)
-    ids = torch.randint(0, 50, (48,))
+@pytest.mark.parametrize("arch", ["rodimus", "rodimus_plus"])
+def test_long_text_is_walked_as_a_batch_of_contiguous_pieces(arch):
+    # 130 tokens, windows of 8: 4 pieces of 33 tokens (the last one 31) walked side by side; positions of
+    # Rodimus+ stream past max_position_embeddings=20 through the cache
+    model = tiny(arch, max_positions=20)
+    ids = torch.randint(0, 50, (130,))
     nll, count = token_nll(model, ids, seq_len=8, mode="recurrent")
-    # reference: segments of 16 tokens (two windows fit under 20 positions), the first token of each later segment
-    # scored from the previous segment's last logits
+    reference = tiny(arch, max_positions=200)
     expected, previous_last = 0.0, None
-    for start in range(0, 48, 16):
-        segment = ids[start:start + 16]
+    for start in range(0, 130, 33):
+        piece = ids[start:start + 33]
         with torch.no_grad():
-            logits = model(input_ids=segment[None], use_cache=False).logits[0].float()
+            logits = reference(input_ids=piece[None], use_cache=False).logits[0].float()
         if previous_last is not None:
-            expected += F.cross_entropy(previous_last[None], segment[:1], reduction="sum").item()
-        expected += F.cross_entropy(logits[:-1], segment[1:], reduction="sum").item()
+            expected += F.cross_entropy(previous_last[None], piece[:1], reduction="sum").item()
+        expected += F.cross_entropy(logits[:-1], piece[1:], reduction="sum").item()
         previous_last = logits[-1]
-    assert count == 47 and nll == pytest.approx(expected, rel=1e-5)
+    assert count == 129 and nll == pytest.approx(expected, rel=1e-5)
 
 
 @pytest.mark.parametrize("length, seq_len, stride", [(30, 8, 3), (30, 8, 8), (9, 8, 5), (5, 8, 4), (2, 8, 8)])

@@ -112,13 +112,13 @@ class RodimusPreTrainedModel(PreTrainedModel):
 
     def no_weight_decay_names(self) -> set[str]:
         """Parameters the official recipe excludes from weight decay: biases, norm weights, D, and the embedding
-        when it is tied to the LM head."""
+        when it is NOT tied (a tied embedding is also the LM head's weight, which is decayed)."""
         names = set()
         for name, p in self.named_parameters():
             leaf = name.rsplit(".", 1)[-1]
             if leaf == "bias" or leaf == "D" or "norm" in name.rsplit(".", 2)[-2]:
                 names.add(name)
-            elif "embed_tokens" in name and self.config.tie_word_embeddings:
+            elif "embed_tokens" in name and not self.config.tie_word_embeddings:
                 names.add(name)
         return names
 
@@ -177,11 +177,10 @@ class RodimusModel(RodimusPreTrainedModel):
                 position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)[:, -T:]
             else:
                 position_ids = torch.arange(seen, seen + T, device=x.device).expand(B, T)
-        if self.config.block_type == "rodimus_plus" and int(position_ids.max()) >= self.config.max_position_embeddings:
-            raise ValueError(
-                f"position {int(position_ids.max())} is beyond max_position_embeddings="
-                f"{self.config.max_position_embeddings}"
-            )
+        if seen == 0 and T > self.config.max_position_embeddings:
+            # a cache may stream past it (RoPE in a window only sees relative positions); one forward may not
+            raise ValueError(f"sequence of {T} tokens is longer than max_position_embeddings="
+                             f"{self.config.max_position_embeddings}")
 
         if self.config.residual_in_fp32 and x.dtype != torch.float64:
             x = x.float()
