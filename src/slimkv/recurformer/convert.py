@@ -248,14 +248,15 @@ def convert_cli(args) -> int:
 
     if not Path(args.model, "config.json").is_file():
         raise FileNotFoundError(f"no HF model folder at {args.model} (config.json missing)")
-    check_family(AutoConfig.from_pretrained(args.model))
+    config = AutoConfig.from_pretrained(args.model)
+    check_family(config)
     if args.ratio is not None and not (0.0 <= args.ratio < 1.0):
         raise ValueError(f"--ratio must be in [0, 1) (a fraction of KV units to replace); got {args.ratio}")
-    source = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    geo = attention_geometry(source.config)
+    geo = attention_geometry(config)
     if geo.num_kv_heads == 1 and not args.allow_empty_layers and (args.threshold is not None or args.ratio):
         select_units([[1.0]] * geo.num_layers, args.ratio, args.threshold)  # raises the explained error
+    source = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
     if args.profile:
         profile = RecencyProfile.from_json(json.loads(Path(args.profile).read_text()))
         if (profile.num_layers, profile.num_kv_heads) != (geo.num_layers, geo.num_kv_heads):
