@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
@@ -53,7 +54,7 @@ def main() -> int:
     shapes = [gpu_ops.TARGET] if args.target_only else gpu_ops.TIMING_SHAPES
     report = gpu_ops.run(args.out, checks=not args.no_checks, timings=not args.no_timings,
                          tuning=args.tune, profile=not args.no_profile, shapes=shapes,
-                         log=lambda s: print(s, flush=True), budget_s=args.budget)
+                         log=lambda s, t0=time.time(): print(f"[{time.time() - t0:5.0f}s] {s}", flush=True), budget_s=args.budget)
     summary(report)
     checks = report.get("checks", [])
     return 0 if all(c["passed"] for c in checks) else 1

@@ -63,7 +63,7 @@ CHECK_SHAPES = [
     Shape("gla-heads", 2, 1000, 4, 64, 128, "channel"),
 ]
 # fp32 operands go through tf32 dots (Triton's default), bf16 operands are rounded to 8 bits of mantissa
-BOUNDS = {torch.float32: 3e-3, torch.bfloat16: 2e-2}
+BOUNDS = {torch.float32: 3e-3, torch.bfloat16: 1e-2}
 
 
 def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -128,11 +128,12 @@ def _backend_fn(backend: str):
         return lambda q, k, v, g, h0, final, cu=None: gla_reference(q, k, v, g, None, h0, final)
     if backend == "fla":
         from fla.ops.gla import chunk_gla
-        from fla.ops.simple_gla import chunk_simple_gla
 
         def fla(q, k, v, g, h0, final, cu=None):
+            # per-head decay through chunk_gla with the decay broadcast over K: fla 0.6.0's chunk_simple_gla
+            # backward refuses Triton 3.4-3.7.0 on Hopper (its issue #640), and the math is the same
             if g.dim() == 3:
-                return chunk_simple_gla(q, k, v, g=g, initial_state=h0, output_final_state=final, cu_seqlens=cu)
+                g = g.unsqueeze(-1).expand(*g.shape, q.shape[-1])
             return chunk_gla(q, k, v, g, initial_state=h0, output_final_state=final, cu_seqlens=cu)
 
         return fla
@@ -228,20 +229,20 @@ def run_checks(log=print, deadline: float = float("inf")) -> list[dict]:
     """Every kernel in both dtypes; logs each result as it lands and stops starting new ones after `deadline`."""
     lengths = [1, 63, 64, 65, 700, 2000, 1203]
     jobs = []
-    for dtype in (torch.float32, torch.bfloat16):
+    for dtype in (torch.bfloat16, torch.float32):
         jobs += [
             lambda d=dtype: check_one(CHECK_SHAPES[0], d),
-            lambda d=dtype: check_one(CHECK_SHAPES[1], d),
-            lambda d=dtype: check_one(Shape("varlen", 1, sum(lengths), 2, 64, 256, "channel"), d, cu_lengths=lengths),
             lambda d=dtype: check_one(Shape("rodimus-strong", 2, 1024, 1, 64, 512, "channel"), d, strong_decay=True),
             lambda d=dtype: check_one(Shape("mamba2-strong", 2, 1024, 8, 64, 64, "head"), d, strong_decay=True),
+            lambda d=dtype: check_one(CHECK_SHAPES[1], d),
+            lambda d=dtype: check_one(Shape("varlen", 1, sum(lengths), 2, 64, 256, "channel"), d, cu_lengths=lengths),
             lambda d=dtype: check_step(Shape("rodimus-step", 8, 1, 1, 64, 4096, "channel"), d),
             lambda d=dtype: check_step(Shape("mamba2-step", 8, 1, 32, 64, 64, "head"), d),
         ]
     jobs += [
+        lambda: check_one(Shape("varlen", 1, sum(lengths), 8, 64, 64, "head"), torch.bfloat16, cu_lengths=lengths),
         lambda: check_one(CHECK_SHAPES[2], torch.bfloat16),
         lambda: check_one(CHECK_SHAPES[3], torch.bfloat16),
-        lambda: check_one(Shape("varlen", 1, sum(lengths), 8, 64, 64, "head"), torch.bfloat16, cu_lengths=lengths),
         # the loop spec itself once at a realistic width (slow: one step per token)
         lambda: check_one(Shape("rodimus", 1, 256, 1, 64, 4096, "channel"), torch.bfloat16, reference="reference"),
     ]
@@ -339,6 +340,8 @@ def run_timings(ceilings: dict, shapes=TIMING_SHAPES, backends=("triton", "fla",
                                times_floor=ms / fl["floor_ms"])
                 except torch.OutOfMemoryError:
                     row.update(ms=None, error="out of memory", **fl)
+                except Exception as exc:  # the peer may refuse a shape or a toolchain; record it and go on
+                    row.update(ms=None, error=f"{type(exc).__name__}: {str(exc)[:160]}", **fl)
                 torch.cuda.empty_cache()
                 rows.append(row)
                 log(f"time {backend:8s} {mode:8s} {shape.label():42s} "
@@ -394,12 +397,12 @@ def tune(shape: Shape = TARGET, log=print) -> list[dict]:
         return tri._forward(*flat, gf, scale, None, tables, False, True)
 
     def bwd(saved):
-        return tri._backward(*flat, gf, scale, saved, tables, do, None, None, False)
+        return tri._backward(*flat, gf, scale, saved, tables, do, None, False)
 
     sweeps = {
-        "fwd": [(bv, w, s) for bv, w in ((32, 4), (64, 4), (64, 8), (128, 4), (128, 8)) for s in (1, 2, 3)],
-        "dh": [(bv, w, s) for bv, w in ((32, 4), (64, 4), (64, 8), (128, 4), (128, 8)) for s in (1, 2, 3)],
-        "dqk": [(bv, w, s) for bv, w in ((32, 4), (64, 4), (64, 8), (128, 8)) for s in (2, 3, 4)],
+        "fwd": [(64, 8, 2), (32, 4, 2), (32, 4, 3), (64, 4, 1), (64, 8, 3), (128, 8, 1)],
+        "dh": [(64, 8, 2), (32, 4, 2), (32, 4, 3), (64, 4, 1), (64, 8, 3), (128, 8, 1)],
+        "dqk": [(64, 8, 2), (32, 4, 3), (64, 8, 3), (128, 8, 2)],
     }
     for stage, configs in sweeps.items():
         best = None

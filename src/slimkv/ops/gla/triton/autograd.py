@@ -146,7 +146,7 @@ def _forward(q, k, v, g, scale, h0, tables: ChunkTables, store_final: bool, stor
     return o, ht, (G, qg, kg, gl, A, h)
 
 
-def _backward(q, k, v, g, scale, saved, tables: ChunkTables, do, dht, ht, need_dh0: bool):
+def _backward(q, k, v, g, scale, saved, tables: ChunkTables, do, dht, need_dh0: bool):
     G, qg, kg, gl, A, h = saved
     N, H, K = q.shape
     V = v.shape[-1]
@@ -165,10 +165,11 @@ def _backward(q, k, v, g, scale, saved, tables: ChunkTables, do, dht, ht, need_d
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)
     dg_rows = torch.empty(g.shape, dtype=torch.float32, device=dev)
+    dg_bound = torch.empty(NC, H, K, dtype=torch.float32, device=dev)
     BV = min(TUNING.bv_dqk, _block(V))
     if head_decay:
         _launch(gla_bwd_kernel_qk_grad, (NC, H),
-            q, k, v, G, gl, h, dh, do, dq, dk, None, dg_rows, tables.chunk_tok0, tables.chunk_len, scale,
+            q, k, v, kg, G, gl, h, dh, do, dq, dk, None, dg_rows, dg_bound, tables.chunk_tok0, tables.chunk_len, scale,
             H=H, K=K, V=V, BK=BK, BV=BV, C=CHUNK, HEAD_DECAY=True,
             num_warps=TUNING.warps_dqk, num_stages=TUNING.stages_dqk)
     else:
@@ -176,24 +177,17 @@ def _backward(q, k, v, g, scale, saved, tables: ChunkTables, do, dht, ht, need_d
         dk_inter = torch.empty(k.shape, dtype=torch.float32, device=dev)
         dA = torch.empty(NC, H, CHUNK, CHUNK, dtype=torch.float32, device=dev)
         _launch(gla_bwd_kernel_qk_grad, (NC, H),
-            q, k, v, G, gl, h, dh, do, dq_inter, dk_inter, dA, None, tables.chunk_tok0, tables.chunk_len, scale,
+            q, k, v, kg, G, gl, h, dh, do, dq_inter, dk_inter, dA, None, dg_bound, tables.chunk_tok0, tables.chunk_len, scale,
             H=H, K=K, V=V, BK=BK, BV=BV, C=CHUNK, HEAD_DECAY=False,
             num_warps=TUNING.warps_dqk, num_stages=TUNING.stages_dqk)
         BKI = min(BK, 32)
         gla_bwd_kernel_intra_channel[(NC, H, (CHUNK // SUB_CHUNK) * triton.cdiv(K, BKI))](
             q, k, G, dA, dq_inter, dk_inter, dq, dk, dg_rows, tables.chunk_tok0, tables.chunk_len,
             H=H, K=K, C=CHUNK, BC=SUB_CHUNK, BKI=BKI, num_warps=4)
-    # the final state depends on every decay through exp(sum g): its gradient enters the scan as a constant
-    dg_final = None
-    if dht is not None:
-        dg_final = (dht * ht).sum(-1)
-        if head_decay:
-            dg_final = dg_final.sum(-1)
-        dg_final = dg_final.contiguous()
     dg = torch.empty_like(g)
-    gla_bwd_kernel_decay_grad[(NS * H,)](
-        dg_rows, dg_final, dg, tables.seq_tok0, tables.seq_chunk0,
-        H=H, K=K, BK=BK, C=CHUNK, HEAD_DECAY=head_decay, HAS_FINAL=dg_final is not None, num_warps=4)
+    gla_bwd_kernel_decay_grad[(NC, H)](
+        dg_rows, dg_bound, dg, tables.chunk_tok0, tables.chunk_len,
+        H=H, K=K, BK=BK, C=CHUNK, HEAD_DECAY=head_decay, num_warps=4)
     return dq, dk, dv, dg, dh0
 
 
@@ -202,7 +196,7 @@ class GlaTritonFunction(torch.autograd.Function):
     def forward(ctx, q, k, v, g, scale, h0, output_final_state, tables, training):
         o, ht, saved = _forward(q, k, v, g, scale, h0, tables, output_final_state, store_h=training)
         if training:
-            ctx.save_for_backward(q, k, v, g, ht, *saved)
+            ctx.save_for_backward(q, k, v, g, *saved)
         ctx.scale = scale
         ctx.tables = tables
         ctx.h0_shape = None if h0 is None else (h0.shape, h0.dtype)
@@ -210,11 +204,11 @@ class GlaTritonFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, do, dht):
-        q, k, v, g, ht, *saved = ctx.saved_tensors
+        q, k, v, g, *saved = ctx.saved_tensors
         do = do.contiguous()
         dht = None if dht is None else dht.contiguous()
         need_dh0 = ctx.needs_input_grad[5]
-        dq, dk, dv, dg, dh0 = _backward(q, k, v, g, ctx.scale, saved, ctx.tables, do, dht, ht, need_dh0)
+        dq, dk, dv, dg, dh0 = _backward(q, k, v, g, ctx.scale, saved, ctx.tables, do, dht, need_dh0)
         if dh0 is not None:
             dh0 = dh0.to(ctx.h0_shape[1])
         return dq, dk, dv, dg, None, dh0, None, None, None
