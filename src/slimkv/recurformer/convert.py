@@ -128,7 +128,24 @@ def build_converted(source_model, replaced_units: list[list[int]], mixer: str = 
     torch.manual_seed(seed)
     new_config = RecurFormerConfig(base_config=config.to_dict(), replaced_units=replaced_units, mixer=mixer,
                                    mixer_kwargs=kwargs)
-    model = RecurFormerForCausalLM(new_config).to(next(source_model.parameters()).dtype)
+    from transformers.initialization import no_init_weights
+
+    # skip the random init of ~all weights (they are copied below); only the new branch weights get one
+    with no_init_weights():
+        model = RecurFormerForCausalLM(new_config)
+    std = getattr(config, "initializer_range", 0.02)
+    for layer in model.model.layers:
+        branch = layer.self_attn.branch
+        if branch is None:
+            continue
+        for module in branch.modules():
+            if isinstance(module, (nn.Linear, nn.Conv1d)):
+                module.weight.normal_(0.0, std)
+                if module.bias is not None:
+                    module.bias.zero_()
+        if mixer == "mamba2":
+            branch.reset_ssm_parameters()
+    model = model.to(next(source_model.parameters()).dtype)
     src_layers = source_model.model.layers
     for idx, layer in enumerate(model.model.layers):
         src, attn = src_layers[idx], layer.self_attn

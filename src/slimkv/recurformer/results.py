@@ -113,6 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--eval-tokens", type=int, default=4096)
     parser.add_argument("--eval-seq-len", type=int, default=512)
+    parser.add_argument("--lr-branch", type=float, default=1e-3)
+    parser.add_argument("--lr-branch-b", type=float, default=3e-4)
+    parser.add_argument("--lr-base", type=float, default=1e-5)
+    parser.add_argument("--variants", default=",".join(v[0] for v in VARIANTS), help="comma-separated subset")
     parser.add_argument("--hashhop", type=int, default=8, help="HashHop examples per trained model (0: skip)")
     args = parser.parse_args(argv)
 
@@ -127,14 +131,16 @@ def main(argv: list[str] | None = None) -> int:
         _cli(["recurformer", "profile", "--model", str(source), "--json", str(profile), "--png",
               str(out / "profile.png"), "--num-sequences", str(args.profile_sequences),
               "--seq-len", str(args.profile_seq_len), "--quiet"])
-    common = ["--steps-b", str(args.steps_b), "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len)]
+    common = ["--steps-b", str(args.steps_b), "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len),
+              "--lr-branch", str(args.lr_branch), "--lr-branch-b", str(args.lr_branch_b), "--lr-base", str(args.lr_base)]
     folders = {"original": source}
     control = out / "control"
     if not (control / "train.json").exists():
         _cli(["recurformer", "train", "--model", str(source), "--out", str(control), "--control", "--stage", "B",
               *common])
     folders["control"] = control
-    for name, mixer, select in VARIANTS:
+    wanted = set(args.variants.split(","))
+    for name, mixer, select in (v for v in VARIANTS if v[0] in wanted):
         converted = out / f"{name}-r{args.ratio}"
         if not (converted / "conversion.json").exists():
             _cli(["recurformer", "convert", "--model", str(source), "--out", str(converted), "--ratio",
