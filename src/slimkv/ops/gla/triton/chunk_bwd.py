@@ -127,13 +127,21 @@ def gla_bwd_kernel_qk_grad(
         b_dk = b_dkg * tl.exp(tl.where(row_ok, b_gl_head - b_G, 0.0))[:, None]
         b_q = tl.load(q + qk_off, mask=qk_mask, other=0.0)
         b_k = tl.load(k + qk_off, mask=qk_mask, other=0.0)
-        b_M = b_dA * tl.exp(tl.where(causal, b_G[:, None] - b_G[None, :], float("-inf")))
+        # the diagonal (i = j) adds dA_ii q_i k_i to both q dq and k dk: it cancels exactly in the decay gradient,
+        # so it stays out of the matrix products (tf32 would round the two copies differently) and out of dg_rows
+        strict = (rows[:, None] > rows[None, :]) & row_ok[:, None]
+        b_M = b_dA * tl.exp(tl.where(strict, b_G[:, None] - b_G[None, :], float("-inf")))
+        b_dA_diag = tl.sum(tl.where(rows[:, None] == rows[None, :], b_dA, 0.0), axis=1)
         b_dq += tl.dot(b_M.to(b_k.dtype), b_k)
         b_dk += tl.dot(tl.trans(b_M).to(b_q.dtype), b_q)
+        b_qf = b_q.to(tl.float32)
+        b_kf = b_k.to(tl.float32)
+        b_r = tl.sum(b_qf * b_dq - b_kf * b_dk, axis=1)
+        tl.store(dg_rows + (tok0 + rows) * H + h, b_r, mask=row_ok)
+        b_dq += b_dA_diag[:, None] * b_kf
+        b_dk += b_dA_diag[:, None] * b_qf
         tl.store(dq + qk_off, b_dq.to(dq.dtype.element_ty), mask=qk_mask)
         tl.store(dk + qk_off, b_dk.to(dk.dtype.element_ty), mask=qk_mask)
-        b_r = tl.sum(b_q.to(tl.float32) * b_dq - b_k.to(tl.float32) * b_dk, axis=1)
-        tl.store(dg_rows + (tok0 + rows) * H + h, b_r, mask=row_ok)
     else:
         b_G = tl.load(G + qk_off, mask=qk_mask, other=0.0)
         b_dq = b_dqg * tl.exp(b_G) * scale
@@ -200,14 +208,18 @@ def gla_bwd_kernel_intra_channel(
                 b_dk += b_t * tl.exp(tl.where(mask_x, b_Gri[None, :] - b_G, 0.0))
         # diagonal block, element by element
         b_dA_xx = tl.load(dA_base + rows_x[:, None] * C + rows_x[None, :])
-        causal = (sub[:, None] >= sub[None, :]) & ok_x[:, None]
-        b_E = tl.exp(tl.where(causal[:, :, None], b_G[:, None, :] - b_G[None, :, :], float("-inf")))
+        strict = (sub[:, None] > sub[None, :]) & ok_x[:, None]
+        b_E = tl.exp(tl.where(strict[:, :, None], b_G[:, None, :] - b_G[None, :, :], float("-inf")))
         b_E = b_E * b_dA_xx[:, :, None]
         b_dq += tl.sum(b_E * b_k[None, :, :], axis=1)
         b_dk += tl.sum(b_E * b_q[:, None, :], axis=0)
+        # the i = j terms (dA_ii q_i k_i in both q dq and k dk) cancel exactly in the decay gradient: leave them out
+        tl.store(dg_rows + off_x, b_q * b_dq - b_k * b_dk, mask=mask_x)
+        b_dA_diag = tl.sum(tl.where(sub[:, None] == sub[None, :], b_dA_xx, 0.0), axis=1)
+        b_dq += b_dA_diag[:, None] * b_k
+        b_dk += b_dA_diag[:, None] * b_q
         tl.store(dq + off_x, b_dq.to(dq.dtype.element_ty), mask=mask_x)
         tl.store(dk + off_x, b_dk.to(dk.dtype.element_ty), mask=mask_x)
-        tl.store(dg_rows + off_x, b_q * b_dq - b_k * b_dk, mask=mask_x)
 
 
 @triton.jit
