@@ -54,3 +54,28 @@ def test_train_refuses_unconverted_model_without_control(tmp_path, capsys):
     tiny_source("llama").save_pretrained(tmp_path / "m")
     _fails(["recurformer", "train", "--model", str(tmp_path / "m"), "--out", str(tmp_path / "o")], capsys,
            "no conversion.json")
+
+
+def test_profile_writes_table_json_and_png(tmp_path, capsys):
+    import json
+
+    from transformers import AutoTokenizer
+
+    from slimkv.data.pretrained import fetch_smollm2
+
+    folder = tmp_path / "tiny"
+    tokenizer = AutoTokenizer.from_pretrained(fetch_smollm2())
+    tiny_source("qwen2", vocab_size=len(tokenizer)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    text = tmp_path / "text.txt"
+    text.write_text("It was the best of times, it was the worst of times, it was the age of wisdom. " * 30)
+    code = main(["recurformer", "profile", "--model", str(folder), "--data", str(text), "--window", "8",
+                 "--windows", "4,8", "--num-sequences", "3", "--seq-len", "48", "--json", str(tmp_path / "p.json"),
+                 "--png", str(tmp_path / "p.png")])
+    out = capsys.readouterr().out
+    assert code == 0 and "layer   1" in out
+    data = json.loads((tmp_path / "p.json").read_text())
+    assert data["windows"] == [4, 8] and data["num_sequences"] == 3 and data["seq_len"] == 48
+    assert len(data["unit_rr"]["8"]) == 2 and len(data["head_rr"]["8"][0]) == 4
+    assert all(0.0 < x <= 1.0 for row in data["unit_rr"]["4"] for x in row)
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"

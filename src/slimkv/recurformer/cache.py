@@ -49,8 +49,3 @@ class RecurFormerCache:
         self.valid = self.valid.index_select(0, beam_idx)
         self.positions = self.positions.index_select(0, beam_idx)
 
-
-def cache_bytes_formula(num_layers_kv: list[int], head_dim: int, seq_len: int, state_bytes: int = 0,
-                        bytes_per_value: int = 2) -> int:
-    """Counted bytes: sum over layers of 2 * Hkv_kept * head_dim * T * bytes, plus constant state bytes."""
-    return sum(2 * h * head_dim * seq_len * bytes_per_value for h in num_layers_kv) + state_bytes
