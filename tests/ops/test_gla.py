@@ -197,3 +197,9 @@ def test_bad_inputs_raise_value_error():
         with pytest.raises(ValueError):
             call()
             pytest.fail(f"no ValueError for bad {name}")
+
+
+def test_packed_sequences_need_the_triton_backend():
+    q = torch.randn(1, 8, 1, 4)
+    with pytest.raises(ValueError, match="cu_seqlens .* needs the triton backend"):
+        gla(q, q, q, -torch.rand(1, 8, 1, 4), cu_seqlens=torch.tensor([0, 3, 8]), backend="chunked")

@@ -2,6 +2,7 @@
 
     slimkv bench ops                                  # gla backends on CPU, small shapes
     slimkv bench ops --device cuda --shapes mamba2 --backends chunked triton --json out.json
+    slimkv bench kernels --out benchmarks/results/h100   # GPU: check every Triton kernel, time vs fla (if installed)
 """
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import datetime
 import torch
 
 # what -> one-line help; each `what` has its own run function below
-BENCHMARKS = {"ops": "gla backends: tokens/s forward and forward+backward, plus error vs the float64 spec"}
+BENCHMARKS = {"ops": "gla backends: tokens/s forward and forward+backward, plus error vs the float64 spec",
+              "kernels": "GPU only: correctness of every Triton kernel vs float64, timings vs floors and the fla peer"}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
 
@@ -28,9 +30,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--json", default=None, help="default benchmarks/results/gla_<device>_<date>.json")
     parser.add_argument("--png", default=None, help="default benchmarks/results/gla_<device>_<date>.png")
+    parser.add_argument("--out", default="benchmarks/results", help="kernels: output folder (gla_gpu.json/.png)")
+    parser.add_argument("--budget", type=float, default=480.0, help="kernels: seconds before later sections are cut")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.what == "kernels":
+        if not torch.cuda.is_available():
+            raise ValueError("slimkv bench kernels needs a CUDA GPU")
+        from slimkv.bench.gpu_ops import run as run_kernels
+
+        run_kernels(args.out, budget_s=args.budget)
+        return 0
     from tqdm import tqdm
 
     from slimkv.bench.ops import GLA_BACKENDS, SHAPE_SETS, bench_gla, machine_header, write_results

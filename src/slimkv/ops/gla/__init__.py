@@ -59,6 +59,7 @@ def gla(
     output_final_state: bool = False,
     backend: str = "auto",
     chunk_size: int = 64,
+    cu_seqlens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Gated linear attention over a whole sequence.
 
@@ -68,6 +69,8 @@ def gla(
         scale: query scale, default K ** -0.5.
         initial_state: [B, H, K, V] carried state, or None for zeros.
         output_final_state: also return the state after the last step ([B, H, K, V], float32 or float64).
+        cu_seqlens: [N + 1] int32 cumulative lengths of N sequences packed along T (B = 1; initial_state and the
+            final state are then [N, H, K, V]). Triton backend only.
         backend: "auto" (triton on CUDA when available, else chunked), "reference", "chunked" or "triton".
         chunk_size: tokens per chunk for the chunked backend; best as a multiple of 16 (see ops/gla/README.md).
     Returns:
@@ -77,6 +80,13 @@ def gla(
         >>> o, S = gla(q, k, v, -torch.rand(B, T, H, K), output_final_state=True)
         >>> o2, _ = gla(q2, k2, v2, g2, initial_state=S)   # continues the same sequence
     """
+    if cu_seqlens is not None:
+        # packed variable-length sequences (B == 1, state reset at each boundary): Triton only
+        if resolve_backend(backend, q.device) != "triton":
+            raise ValueError("gla: cu_seqlens (packed sequences) needs the triton backend on a CUDA device")
+        from .triton import gla_triton
+
+        return gla_triton(q, k, v, log_decay, scale, initial_state, output_final_state, cu_seqlens=cu_seqlens)
     _check(q, k, v, log_decay, initial_state)
     backend = resolve_backend(backend, q.device)
     if backend == "reference":
