@@ -41,13 +41,15 @@ def test_missing_model_folder(tmp_path, capsys):
 def test_calibration_text_shorter_than_window(tmp_path, capsys):
     from slimkv.data.pretrained import fetch_smollm2
 
+    model = fetch_smollm2()
+    capsys.readouterr()  # a first fetch prints download progress; only the command's own error line is checked
     short = tmp_path / "short.txt"
     short.write_text("Too short a text.")
-    _fails(["recurformer", "profile", "--model", str(fetch_smollm2()), "--data", str(short), "--window", "32",
+    _fails(["recurformer", "profile", "--model", str(model), "--data", str(short), "--window", "32",
             "--quiet"], capsys, "not more than the window k = 32")
     empty = tmp_path / "empty.txt"
     empty.write_text("  \n")
-    _fails(["recurformer", "profile", "--model", str(fetch_smollm2()), "--data", str(empty)], capsys, "is empty")
+    _fails(["recurformer", "profile", "--model", str(model), "--data", str(empty)], capsys, "is empty")
 
 
 def test_train_refuses_unconverted_model_without_control(tmp_path, capsys):
