@@ -12,6 +12,7 @@ folder at once. The data root is `$SLIMKV_DATA` or `./data`.
 from __future__ import annotations
 
 import hashlib
+import fcntl
 import json
 import os
 import shutil
@@ -205,10 +206,15 @@ def fetch_pretrained(name: str, root: str | os.PathLike | None = None, keep_gguf
     if (out_dir / DONE_MARKER).exists() and (out_dir / "config.json").exists():
         return out_dir
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    gguf = _assemble_gguf(asset, root)
-    _convert_to_hf_folder(gguf, out_dir)
-    if not keep_gguf:
-        gguf.unlink()
+    # one fetch at a time per asset (parallel test workers, two shells): the others wait, then reuse its result
+    with open(out_dir.parent / f".{asset.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (out_dir / DONE_MARKER).exists() and (out_dir / "config.json").exists():
+            return out_dir
+        gguf = _assemble_gguf(asset, root)
+        _convert_to_hf_folder(gguf, out_dir)
+        if not keep_gguf:
+            gguf.unlink()
     return out_dir
 
 
