@@ -11,8 +11,8 @@ folder at once. The data root is `$SLIMKV_DATA` or `./data`.
 """
 from __future__ import annotations
 
-import hashlib
 import fcntl
+import hashlib
 import json
 import os
 import shutil
