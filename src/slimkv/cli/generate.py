@@ -10,7 +10,7 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="a saved model folder (config.json + weights), e.g. runs/NAME/final")
+    parser.add_argument("model", help="a saved model folder (config.json + weights), e.g. runs/NAME/model")
     parser.add_argument("--prompt", required=True, help="prompt text ('-' reads standard input)")
     parser.add_argument("--tokenizer", help="tokenizer.json or a folder (default: the model folder, then its parent)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
@@ -61,14 +61,17 @@ def run(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     streamer = TextStreamer(tokenizer, skip_prompt=True) if not args.json else None
     sampling = {} if args.greedy else {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p}
+    # models with a preallocated constant-size cache get it up front, so its bytes can be reported afterwards
+    cache = model.allocate_cache(1) if hasattr(model, "allocate_cache") else None
+    extra = {"past_key_values": cache} if cache is not None else {}
     start = time.perf_counter()
     with torch.no_grad():
         out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.max_new_tokens,
                              do_sample=not args.greedy, streamer=streamer, return_dict_in_generate=True,
-                             pad_token_id=tokenizer.eos_token_id, **sampling)
+                             pad_token_id=tokenizer.eos_token_id, **sampling, **extra)
     seconds = time.perf_counter() - start
     new = out.sequences[0, ids.shape[1]:]
-    cache = getattr(out, "past_key_values", None)
+    cache = cache if cache is not None else getattr(out, "past_key_values", None)
     nbytes = cache_nbytes(cache) if cache is not None else 0
     print(f"\n[{len(new)} tokens in {seconds:.2f}s, {len(new) / seconds:.1f} tok/s; cache {nbytes:,} bytes]",
           file=sys.stderr)
