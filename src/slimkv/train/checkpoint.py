@@ -24,6 +24,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ..io import atomic_write_text
+
 LATEST = "latest"
 META = "meta.pt"
 STATE = "state.pt"
@@ -80,15 +82,7 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
         raise
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+write_text_atomic = atomic_write_text
 
 
 def save_checkpoint(

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import platform
 import time
 from pathlib import Path
 
 import torch
+
+from ..io import atomic_write_text
 
 PROMPT = "It was a truth that every reader knew:"
 
@@ -21,12 +22,6 @@ def find_preset(name: str) -> Path:
         if path.is_file():
             return path
     raise FileNotFoundError(f"preset configs/{name}.yaml not found (run from the slimkv source tree)")
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def measure_cache_bytes(model, vocab_size: int, lengths: list[int]) -> list[int]:
@@ -178,7 +173,7 @@ def run_main_job(name: str = "main", minutes: float = 8.0, data_dir: str | None 
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor(),
                     "threads": torch.get_num_threads()},
     }
-    _write_json(run_dir / "report.json", report)
+    atomic_write_text(run_dir / "report.json", json.dumps(report, indent=2) + "\n")
     plot_loss(metrics, unigram, ppl.token_ppl, run_dir / "loss.png",
               f"tiny Rodimus+ ({params['total'] / 1e6:.1f}M params, {result.tokens_seen / 1e6:.1f}M tokens)")
     plot_memory(rows, run_dir / "memory.png", "Inference memory: trained Rodimus+ vs same-size Transformer")
