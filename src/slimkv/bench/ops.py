@@ -44,9 +44,9 @@ class GlaBackend:
 
 
 def _triton_available(device: torch.device) -> bool:
-    from slimkv.ops.gla import _triton_available as available
+    from slimkv.ops.dispatch import gpu_path_available
 
-    return available(device)
+    return gpu_path_available(device, "slimkv.ops.gla.triton")
 
 
 GLA_BACKENDS: dict[str, GlaBackend] = {

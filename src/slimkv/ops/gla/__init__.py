@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from ..dispatch import resolve_backend as _resolve
+
 from .reference import gla_reference
 
 BACKENDS = ("auto", "reference", "chunked", "triton")
@@ -31,22 +33,8 @@ def _check(q, k, v, log_decay, initial_state):
         raise ValueError(f"gla: initial_state must be [B, H, K, V]; got {tuple(initial_state.shape)}")
 
 
-def _triton_available(device: torch.device) -> bool:
-    if device.type != "cuda":
-        return False
-    try:
-        from . import triton as _  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def resolve_backend(backend: str, device: torch.device) -> str:
-    if backend not in BACKENDS:
-        raise ValueError(f"gla: unknown backend {backend!r}; choose one of {BACKENDS}")
-    if backend == "auto":
-        return "triton" if _triton_available(device) else "chunked"
-    return backend
+    return _resolve("gla", backend, BACKENDS, device, "triton", "slimkv.ops.gla.triton")
 
 
 def gla(

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import torch
 
+from ..dispatch import resolve_backend as _resolve
+
 from .reference import window_attention_reference
 
 BACKENDS = ("auto", "reference", "chunked", "flex")
@@ -53,22 +55,8 @@ def _check(q, k, v, window, key_padding_mask) -> None:
         )
 
 
-def _flex_available(device: torch.device) -> bool:
-    if device.type != "cuda":
-        return False
-    try:
-        import torch.nn.attention.flex_attention  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def resolve_backend(backend: str, device: torch.device) -> str:
-    if backend not in BACKENDS:
-        raise ValueError(f"window_attention: unknown backend {backend!r}; choose one of {BACKENDS}")
-    if backend == "auto":
-        return "flex" if _flex_available(device) else "chunked"
-    return backend
+    return _resolve("window_attention", backend, BACKENDS, device, "flex", "torch.nn.attention.flex_attention")
 
 
 def window_attention(

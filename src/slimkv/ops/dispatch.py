@@ -1,0 +1,26 @@
+"""Backend choice shared by every op: "auto" picks the op's GPU path on CUDA when it imports, chunked torch elsewhere."""
+from __future__ import annotations
+
+import importlib
+
+import torch
+
+
+def gpu_path_available(device: torch.device, module: str) -> bool:
+    """True on CUDA when `module` (the GPU path's implementation) imports."""
+    if device.type != "cuda":
+        return False
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_backend(op: str, backend: str, choices: tuple[str, ...], device: torch.device, gpu_backend: str,
+                    gpu_module: str) -> str:
+    if backend not in choices:
+        raise ValueError(f"{op}: unknown backend {backend!r}; choose one of {choices}")
+    if backend == "auto":
+        return gpu_backend if gpu_path_available(device, gpu_module) else "chunked"
+    return backend
