@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops import decode as decode_ops
 from ..ops.conv import causal_conv1d, causal_conv1d_step
 from ..ops.gla import gla, gla_step
 from .norm import GatedRMSNorm, upcast
@@ -44,6 +45,7 @@ class DDTSMixer(nn.Module):
         norm_epsilon: float = 1e-5,
         out_size: int | None = None,
         gla_backend: str = "auto",
+        decode_backend: str = "auto",
     ):
         super().__init__()
         d = hidden_size
@@ -53,6 +55,8 @@ class DDTSMixer(nn.Module):
         self.inner_size, self.mem_size, self.conv_size = e, m, conv_size
         self.normalize_epsilon = normalize_epsilon
         self.gla_backend = gla_backend
+        self.decode_backend = decode_backend
+        self._gate_params_f32: tuple | None = None
 
         self.fc = nn.Linear(d, 2 * e, bias=False)
         self.conv = nn.Conv1d(e, e, conv_size, groups=e, bias=True)
@@ -128,6 +132,34 @@ class DDTSMixer(nn.Module):
         o = upcast(o.squeeze(2)) + upcast(self.D) * upcast(x_conv)
         y = self.out_proj(self.out_norm(o, z).to(h.dtype))
         return y, ((new_conv, new_ssm) if use_cache else None)
+
+
+    def _gate_params(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """gate_proj's weight and bias in float32 (the gates run in float32), converted once per weight version
+        instead of on every decode step."""
+        w, b = self.gate_proj.weight, self.gate_proj.bias
+        if w.dtype in (torch.float32, torch.float64):
+            return w, b
+        key = (w.data_ptr(), w._version, b.data_ptr(), b._version)
+        if self._gate_params_f32 is None or self._gate_params_f32[0] != key:
+            self._gate_params_f32 = (key, w.detach().float(), b.detach().float())
+        return self._gate_params_f32[1], self._gate_params_f32[2]
+
+    @torch.no_grad()
+    def step(self, h: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor) -> torch.Tensor:
+        """One decode token: h [B, d] -> y [B, out]; conv_state [B, e, k-1] and ssm_state [B, 1, m, e] are updated
+        in place. The T = 1 case of `forward` (same projections; the math between them fused in ops/decode)."""
+        backend = self.decode_backend
+        x, z = self.fc(h).chunk(2, dim=-1)
+        x_conv = decode_ops.conv_silu_step(x, self.conv.weight.squeeze(1), self.conv.bias, conv_state, backend)
+        q, k = self.qk_proj(x_conv).split(self.mem_size, dim=-1)
+        w, b = self._gate_params()
+        gates = F.linear(upcast(x_conv), w, b)
+        up = self.channel_gate[1]
+        u = decode_ops.ddts_step(q, k, gates, x, self.channel_gate[0](x), up.weight, up.bias, x_conv, z, self.D,
+                                 ssm_state[:, 0], self.mem_size**-0.5, self.normalize_epsilon, backend)
+        y = decode_ops.rms_norm(u, self.out_norm.weight, self.out_norm.eps, backend)
+        return self.out_proj(y.to(h.dtype))
 
 
 @torch.no_grad()

@@ -12,13 +12,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..ops.rope import apply_rope, rope_cos_sin
-from ..ops.window_attn import window_attention, window_decode
+from ..ops import decode as decode_ops
+from ..ops.rope import apply_rope, rope_cos_sin, rope_inv_freq
+from ..ops.window_attn import window_attention
 
 
 class SharedKeyAttention(nn.Module):
     def __init__(self, hidden_size: int, num_heads: int, window: int | None, rope_theta: float = 10000.0,
-                 rotary_dim: int | None = None, attn_backend: str = "auto"):
+                 rotary_dim: int | None = None, attn_backend: str = "auto", decode_backend: str = "auto"):
         super().__init__()
         if hidden_size % num_heads:
             raise ValueError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
@@ -28,6 +29,8 @@ class SharedKeyAttention(nn.Module):
         self.rope_theta = rope_theta
         self.rotary_dim = rotary_dim or self.head_dim
         self.attn_backend = attn_backend
+        self.decode_backend = decode_backend
+        self._inv_freq: dict[tuple, torch.Tensor] = {}
         self.q_proj = nn.Linear(hidden_size, hidden_size, bias=False)
         self.k_proj = nn.Linear(hidden_size, self.head_dim, bias=False)
         self.v_proj = nn.Linear(hidden_size, hidden_size, bias=False)
@@ -68,15 +71,6 @@ class SharedKeyAttention(nn.Module):
 
         key_ring, value_ring, ring_valid = ring
         S = key_ring.shape[1]
-        if T == 1:
-            # decode: the ring holds exactly the last w tokens (unfilled slots invalid); slot order is irrelevant
-            out = window_decode(q[:, 0], torch.cat([key_ring, k], 1), torch.cat([value_ring, v], 1),
-                                torch.cat([ring_valid, valid], 1)).unsqueeze(1)
-            slot = torch.tensor([seen % S], device=h.device)
-            key_ring = key_ring.index_copy(1, slot, k.to(key_ring.dtype))
-            value_ring = value_ring.index_copy(1, slot, v.to(value_ring.dtype))
-            ring_valid = ring_valid.index_copy(1, slot, valid)
-            return self.o_proj(out.reshape(B, T, -1)), (key_ring, value_ring, ring_valid)
         if seen > 0:
             # lay the ring out oldest-first, in front of the new tokens, then attend with the same window rule
             order = (torch.arange(S, device=h.device) + seen) % S
@@ -99,3 +93,26 @@ class SharedKeyAttention(nn.Module):
         value_ring = value_ring.index_copy(1, slots, new_v.to(value_ring.dtype))
         ring_valid = ring_valid.index_copy(1, slots, new_valid)
         return self.o_proj(out.reshape(B, T, -1)), (key_ring, value_ring, ring_valid)
+
+    def inv_freq(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """RoPE frequencies for decode, made once per device (a plain attribute: model.to(bf16) must not round them)."""
+        acc = torch.float64 if dtype == torch.float64 else torch.float32
+        key = (device, acc)
+        if key not in self._inv_freq:
+            self._inv_freq[key] = rope_inv_freq(self.rotary_dim, self.rope_theta, acc, device)
+        return self._inv_freq[key]
+
+    @torch.no_grad()
+    def step(self, h: torch.Tensor, positions: torch.Tensor, key_ring: torch.Tensor, value_ring: torch.Tensor,
+             ring_valid: torch.Tensor, slot: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """One decode token: h [B, d], positions [B] -> [B, d]. The ring (token n in slot n % S) is attended together
+        with the current token, which is then written into `slot` ([] long, on the device) in place."""
+        B = h.shape[0]
+        q = self.q_proj(h).view(B, self.num_heads, self.head_dim)
+        k = self.k_proj(h).view(B, 1, self.head_dim)
+        v = self.v_proj(h).view(B, self.num_heads, self.head_dim)
+        if valid is None:
+            valid = torch.ones(B, dtype=torch.bool, device=h.device)
+        out = decode_ops.window_step(q, k, v, self.inv_freq(h.device, h.dtype), positions, key_ring, value_ring,
+                                     ring_valid, slot, valid, backend=self.decode_backend)
+        return self.o_proj(out.reshape(B, -1))

@@ -18,6 +18,7 @@ class RodimusConfig(PreTrainedConfig):
             previous tokens and itself.  ffn_expand_ratio: FFN width f = align8(d * ratio).
         rope_theta, rotary_dim: RoPE base and rotated dims (None = full head dim).
         gla_backend / attn_backend: "auto" (Triton/Flex on CUDA, chunked PyTorch elsewhere) or a named backend.
+        decode_backend: the one-token step kernels (ops/decode): "auto" (fused Triton on CUDA), "torch" or "triton".
     """
 
     model_type = "slimkv_rodimus"
@@ -45,6 +46,7 @@ class RodimusConfig(PreTrainedConfig):
         residual_in_fp32: bool = True,
         gla_backend: str = "auto",
         attn_backend: str = "auto",
+        decode_backend: str = "auto",
         use_cache: bool = True,
         tie_word_embeddings: bool = True,
         bos_token_id: int | None = None,
@@ -80,6 +82,7 @@ class RodimusConfig(PreTrainedConfig):
         self.residual_in_fp32 = residual_in_fp32
         self.gla_backend = gla_backend
         self.attn_backend = attn_backend
+        self.decode_backend = decode_backend
         self.use_cache = use_cache
         super().__init__(
             tie_word_embeddings=tie_word_embeddings,

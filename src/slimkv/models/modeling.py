@@ -19,8 +19,11 @@ from ..layers.ddts import DDTSMixer, ddts_gate_bias_init
 from ..layers.ffn import SwiGLU
 from ..layers.norm import RMSNorm
 from ..layers.swska import SharedKeyAttention
+from ..ops import decode as decode_ops
 from .cache import RodimusCache
+from .compat import CACHE_KEY, pop_cache, with_cache
 from .configuration import RodimusConfig
+from .generation import FastGenerationMixin
 
 
 class RodimusLayer(GradientCheckpointingLayer):
@@ -32,11 +35,12 @@ class RodimusLayer(GradientCheckpointingLayer):
         self.mixer = DDTSMixer(
             config.hidden_size, config.expand_ratio, config.mem_size, config.conv_size, config.input_gate_low_rank,
             config.normalize_epsilon, config.rms_norm_eps, gla_backend=config.gla_backend,
+            decode_backend=config.decode_backend,
         )
         if self.plus:
             self.attn_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
             self.attn = SharedKeyAttention(config.hidden_size, config.num_heads, config.window, config.rope_theta,
-                                           config.rotary_dim, config.attn_backend)
+                                           config.rotary_dim, config.attn_backend, config.decode_backend)
             self.ffn_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
             self.ffn = SwiGLU(config.hidden_size, config.ffn_size)
 
@@ -68,6 +72,22 @@ class RodimusLayer(GradientCheckpointingLayer):
             cache.update(self.layer_idx, key_ring=ring[0], value_ring=ring[1], ring_valid=ring[2])
         # two-hop residual: A feeds the FFN only, never the stream directly
         return x + self.ffn(self.ffn_norm(x + a.to(residual_dtype))).to(residual_dtype)
+
+    def step(self, residual: torch.Tensor, addend: torch.Tensor | None, entry: dict[str, torch.Tensor],
+             positions: torch.Tensor, slot: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One decode token. The stream is carried as (residual, addend) so each residual add is fused with the
+        norm that follows it: this layer's input is residual + addend; returns the same pair for its output."""
+        backend = self.mixer.decode_backend
+        h, residual = decode_ops.add_rms_norm(addend, residual, self.mixer_norm.weight, self.mixer_norm.eps, backend)
+        y = self.mixer.step(h, entry["conv_state"], entry["ssm_state"])
+        if not self.plus:
+            return residual, y
+        h, residual = decode_ops.add_rms_norm(y, residual, self.attn_norm.weight, self.attn_norm.eps, backend)
+        a = self.attn.step(h, positions, entry["key_ring"], entry["value_ring"], entry["ring_valid"], slot)
+        # two-hop residual: norm(X_s + A) feeds the FFN, the stream stays X_s
+        h, _ = decode_ops.add_rms_norm(a, residual, self.ffn_norm.weight, self.ffn_norm.eps, backend,
+                                       return_total=False)
+        return residual, self.ffn(h)
 
 
 class RodimusPreTrainedModel(PreTrainedModel):
@@ -142,7 +162,31 @@ class RodimusModel(RodimusPreTrainedModel):
                        device: torch.device | None = None) -> RodimusCache:
         p = self.embed_tokens.weight
         return RodimusCache([layer.state_shapes(batch_size) for layer in self.layers], dtype or p.dtype,
-                            device or p.device)
+                            device or p.device, batch_size)
+
+    @torch.no_grad()
+    def decode_step(self, input_ids: torch.LongTensor, cache: RodimusCache,
+                    positions: torch.LongTensor | None = None) -> torch.Tensor:
+        """One token per row through every layer: input_ids [B] -> final-normed hidden states [B, d].
+
+        Graph-capturable: reads positions (default cache.next_position) and the ring slot from device tensors,
+        updates the cache in place, and advances cache.seen / cache.next_position on the device. The host counter
+        cache.seen_tokens is the caller's to advance (a graph replay cannot).
+        """
+        x = self.embed_tokens(input_ids)
+        residual = x.float() if self.config.residual_in_fp32 and x.dtype != torch.float64 else x
+        positions = cache.next_position if positions is None else positions
+        slot = None
+        if self.config.block_type == "rodimus_plus":
+            slot = torch.remainder(cache.seen, self.layers[0].attn.ring_slots)
+        addend = None
+        for layer in self.layers:
+            residual, addend = layer.step(residual, addend, cache.layers[layer.layer_idx], positions, slot)
+        h, _ = decode_ops.add_rms_norm(addend, residual, self.norm.weight, self.norm.eps,
+                                       self.config.decode_backend, return_total=False)
+        cache.seen.add_(1)
+        cache.next_position.copy_(positions + 1)
+        return h
 
     def forward(
         self,
@@ -155,6 +199,7 @@ class RodimusModel(RodimusPreTrainedModel):
         return_dict: bool | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
+        past_key_values = pop_cache(kwargs, past_key_values)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
@@ -170,29 +215,40 @@ class RodimusModel(RodimusPreTrainedModel):
         if attention_mask is not None:
             if attention_mask.shape[-1] not in (T, seen + T):
                 raise ValueError(f"attention_mask has length {attention_mask.shape[-1]}; expected {T} or {seen + T}")
-            if not bool(attention_mask.all()):
+            # only this call's tokens can be padding here: earlier ones are already folded into the cache
+            if not bool(attention_mask[:, -T:].all()):
                 padding_mask = attention_mask[:, -T:].bool()
         if position_ids is None:
+            # RoPE positions count real tokens: from the full mask, or continuing each row's count in the cache
+            start = past_key_values.next_position[:, None] if past_key_values is not None and seen > 0 else 0
             if attention_mask is not None and attention_mask.shape[-1] == seen + T:
                 position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)[:, -T:]
+            elif attention_mask is not None:
+                position_ids = start + (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
             else:
-                position_ids = torch.arange(seen, seen + T, device=x.device).expand(B, T)
+                position_ids = start + torch.arange(T, device=x.device).expand(B, T)
         if seen == 0 and T > self.config.max_position_embeddings:
             # a cache may stream past it (RoPE in a window only sees relative positions); one forward may not
             raise ValueError(f"sequence of {T} tokens is longer than max_position_embeddings="
                              f"{self.config.max_position_embeddings}")
 
+        if seen > 0 and T == 1 and inputs_embeds is None and padding_mask is None:
+            # a decode token: the fused one-token step (the same one generate() replays from a CUDA graph)
+            h = self.decode_step(input_ids[:, 0], past_key_values, position_ids[:, 0])
+            past_key_values.seen_tokens += 1
+            return BaseModelOutputWithPast(last_hidden_state=h[:, None], **with_cache(past_key_values))
+
         if self.config.residual_in_fp32 and x.dtype != torch.float64:
             x = x.float()
         for layer in self.layers:
             x = layer(x, position_ids, padding_mask, past_key_values)
-        if past_key_values is not None:
-            past_key_values.seen_tokens += T
+        if past_key_values is not None and T > 0:
+            past_key_values.advance(T, position_ids[:, -1] + 1)
         x = self.norm(x)
-        return BaseModelOutputWithPast(last_hidden_state=x, past_key_values=past_key_values)
+        return BaseModelOutputWithPast(last_hidden_state=x, **with_cache(past_key_values))
 
 
-class RodimusForCausalLM(RodimusPreTrainedModel, GenerationMixin):
+class RodimusForCausalLM(FastGenerationMixin, RodimusPreTrainedModel, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
 
     def __init__(self, config: RodimusConfig):
@@ -224,11 +280,13 @@ class RodimusForCausalLM(RodimusPreTrainedModel, GenerationMixin):
 
     def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None,
                                       inputs_embeds=None, use_cache=True, **kwargs):
+        # transformers >= 5.24 passes the cache as `cache`, older releases as `past_key_values` (models/compat.py)
+        past_key_values = pop_cache(kwargs, past_key_values)
         if past_key_values is not None and past_key_values.seen_tokens > 0:
             # the state already holds everything before the last token
             input_ids = input_ids[:, past_key_values.seen_tokens:]
             inputs_embeds = None
-        inputs = {"attention_mask": attention_mask, "past_key_values": past_key_values, "use_cache": use_cache}
+        inputs = {"attention_mask": attention_mask, CACHE_KEY: past_key_values, "use_cache": use_cache}
         if inputs_embeds is not None:
             inputs["inputs_embeds"] = inputs_embeds
         else:
@@ -250,6 +308,7 @@ class RodimusForCausalLM(RodimusPreTrainedModel, GenerationMixin):
         return_dict: bool | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
+        past_key_values = pop_cache(kwargs, past_key_values)
         if labels is not None:
             use_cache = False
         out = self.model(input_ids, attention_mask, position_ids, past_key_values, inputs_embeds, use_cache)
@@ -260,4 +319,4 @@ class RodimusForCausalLM(RodimusPreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, **with_cache(getattr(out, CACHE_KEY)))

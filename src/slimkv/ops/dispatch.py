@@ -1,20 +1,24 @@
 """Backend choice shared by every op: "auto" picks the op's GPU path on CUDA when it imports, chunked torch elsewhere."""
 from __future__ import annotations
 
+import functools
 import importlib
 
 import torch
 
 
-def gpu_path_available(device: torch.device, module: str) -> bool:
-    """True on CUDA when `module` (the GPU path's implementation) imports."""
-    if device.type != "cuda":
-        return False
+@functools.lru_cache(maxsize=None)
+def _imports(module: str) -> bool:
     try:
         importlib.import_module(module)
     except ImportError:
         return False
     return True
+
+
+def gpu_path_available(device: torch.device, module: str) -> bool:
+    """True on CUDA when `module` (the GPU path's implementation) imports; the import is tried once per module."""
+    return device.type == "cuda" and _imports(module)
 
 
 def resolve_backend(op: str, backend: str, choices: tuple[str, ...], device: torch.device, gpu_backend: str,

@@ -15,6 +15,14 @@ from __future__ import annotations
 import torch
 
 
+def rope_inv_freq(dim: int, base: float = 10000.0, dtype: torch.dtype = torch.float32,
+                  device: torch.device | str | None = None) -> torch.Tensor:
+    """[R/2] pair frequencies base^(-2j / R), j < R/2: the one definition every RoPE path here uses."""
+    if dim <= 0 or dim % 2:
+        raise ValueError(f"rope_inv_freq: dim must be a positive even number; got {dim}")
+    return 1.0 / (base ** (torch.arange(0, dim, 2, device=device, dtype=dtype) / dim))
+
+
 def rope_cos_sin(
     positions: torch.Tensor,
     dim: int,
@@ -38,8 +46,7 @@ def rope_cos_sin(
         raise ValueError(f"rope_cos_sin: positions must be integer; got {positions.dtype}")
     device = positions.device if device is None else device
     angle_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-    # [R/2]: base^(-2j / R)
-    inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, device=device, dtype=angle_dtype) / dim))
+    inv_freq = rope_inv_freq(dim, base, angle_dtype, device)
     # [..., R/2] -> [..., R]: both halves of a pair share an angle
     angles = positions.to(device=device, dtype=angle_dtype).unsqueeze(-1) * inv_freq
     angles = torch.cat((angles, angles), dim=-1)

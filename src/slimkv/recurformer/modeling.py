@@ -20,6 +20,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, Generation
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ..layers.mamba2 import Mamba2Mixer
+from ..models.compat import CACHE_KEY, pop_cache, with_cache
 from ..ops.window_attn import window_attention, window_decode
 from .cache import RecurFormerCache
 from .families import attention_geometry, check_family
@@ -260,7 +261,10 @@ class RecurFormerForCausalLM(PreTrainedModel, GenerationMixin):
                 inputs_embeds=None, labels=None, use_cache=None, logits_to_keep=0, **kwargs):
         h = self.model.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         B, T, _ = h.shape
-        cache = past_key_values
+        cache = pop_cache(kwargs, past_key_values)
+        use_cache = getattr(self.config, "use_cache", True) if use_cache is None else use_cache
+        if labels is not None:
+            use_cache = False
         if use_cache and cache is None:
             cache = RecurFormerCache(len(self.model.layers))
         past = cache.get_seq_length() if cache is not None else 0
@@ -287,14 +291,16 @@ class RecurFormerForCausalLM(PreTrainedModel, GenerationMixin):
         if labels is not None:
             loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
                                    ignore_index=-100)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=cache)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, **with_cache(cache))
 
     def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None, **kwargs):
+        # transformers >= 5.24 passes the cache as `cache` (models/compat.py)
+        past_key_values = pop_cache(kwargs, past_key_values)
         seen = past_key_values.get_seq_length() if past_key_values is not None else 0
         return {
             "input_ids": input_ids[:, seen:],
             "attention_mask": attention_mask,
-            "past_key_values": past_key_values,
+            CACHE_KEY: past_key_values,
             "use_cache": kwargs.get("use_cache", True),
         }
 

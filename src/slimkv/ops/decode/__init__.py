@@ -1,0 +1,73 @@
+"""One-token decode steps, fused: residual add + RMSNorm, short conv + SiLU, the DDTS state step, the SW-SKA step.
+
+Each function updates its state in place and keeps a fixed launch shape, so a whole decode step can be captured in a
+CUDA graph (models/generation.py). `backend`: "auto" (Triton on CUDA when it imports, PyTorch elsewhere), "torch"
+(the spec in reference.py) or "triton" (triton.py; also runs on CPU under TRITON_INTERPRET=1, which the tests use).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..dispatch import gpu_path_available
+from . import reference
+
+BACKENDS = ("auto", "torch", "triton")
+_TRITON = "slimkv.ops.decode.triton"
+
+
+def use_triton(t: torch.Tensor, backend: str) -> bool:
+    """Whether `backend` means the fused kernels for a tensor on t's device (resolution is cached per device type)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"decode: unknown backend {backend!r}; choose one of {BACKENDS}")
+    if backend == "auto":
+        return t.dtype != torch.float64 and gpu_path_available(t.device, _TRITON)
+    return backend == "triton"
+
+
+def _kernels():
+    from . import triton as kernels
+
+    return kernels
+
+
+def add_rms_norm(addend: torch.Tensor | None, residual: torch.Tensor, weight: torch.Tensor, eps: float,
+                 backend: str = "auto", return_total: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(RMSNorm(residual + addend) * w, residual + addend) for rows [B, N]; the sum is in the residual's dtype."""
+    if use_triton(residual, backend):
+        return _kernels().add_rms_norm_rows(addend, residual, weight, eps, return_total)
+    normed, total = reference.add_rms_norm_rows(addend, residual, weight, eps)
+    return normed, (total if return_total else None)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, backend: str = "auto") -> torch.Tensor:
+    return add_rms_norm(None, x, weight, eps, backend, return_total=False)[0]
+
+
+def conv_silu_step(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, state: torch.Tensor,
+                   backend: str = "auto") -> torch.Tensor:
+    """SiLU(causal depthwise conv) of one token; x [B, C], weight [C, K], state [B, C, K - 1] shifted in place."""
+    if use_triton(x, backend):
+        return _kernels().conv_silu_step(x, weight, bias, state)
+    return reference.conv_silu_step(x, weight, bias, state)
+
+
+def ddts_step(q, k, gates, x, gate_hidden, up_weight, up_bias, x_conv, z, skip, state, scale: float,
+              key_eps: float, backend: str = "auto") -> torch.Tensor:
+    """The DDTS mixer between its projections for one token; see reference.ddts_step for the arguments."""
+    if use_triton(x, backend):
+        return _kernels().ddts_step(q, k, gates, x, gate_hidden, up_weight, up_bias, x_conv, z, skip, state, scale,
+                                    key_eps)
+    return reference.ddts_step(q, k, gates, x, gate_hidden, up_weight, up_bias, x_conv, z, skip, state, scale,
+                               key_eps)
+
+
+def window_step(q, k, v, inv_freq, positions, key_ring, value_ring, ring_valid, slot, valid,
+                scale: float | None = None, backend: str = "auto") -> torch.Tensor:
+    """One SW-SKA token: RoPE, attention over ring + itself, ring write; see reference.window_step."""
+    if use_triton(q, backend) and _kernels().window_step_supported(q, inv_freq):
+        return _kernels().window_step(q, k, v, inv_freq, positions, key_ring, value_ring, ring_valid, slot, valid,
+                                      scale)
+    return reference.window_step(q, k, v, inv_freq, positions, key_ring, value_ring, ring_valid, slot, valid, scale)
+
+
+__all__ = ["BACKENDS", "add_rms_norm", "conv_silu_step", "ddts_step", "rms_norm", "use_triton", "window_step"]
