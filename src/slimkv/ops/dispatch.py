@@ -1,4 +1,5 @@
-"""Backend choice shared by every op: "auto" picks the op's GPU path on CUDA when it imports, chunked torch elsewhere."""
+"""Backend choice shared by every op: "auto" picks the op's GPU path on CUDA when it imports, its CPU path elsewhere
+(chunked torch for gla and window attention, the plain torch spec for the fused training ops)."""
 from __future__ import annotations
 
 import functools
@@ -22,9 +23,9 @@ def gpu_path_available(device: torch.device, module: str) -> bool:
 
 
 def resolve_backend(op: str, backend: str, choices: tuple[str, ...], device: torch.device, gpu_backend: str,
-                    gpu_module: str) -> str:
+                    gpu_module: str, cpu_backend: str = "chunked") -> str:
     if backend not in choices:
         raise ValueError(f"{op}: unknown backend {backend!r}; choose one of {choices}")
     if backend == "auto":
-        return gpu_backend if gpu_path_available(device, gpu_module) else "chunked"
+        return gpu_backend if gpu_path_available(device, gpu_module) else cpu_backend
     return backend

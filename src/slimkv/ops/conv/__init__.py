@@ -7,11 +7,20 @@ legend: B batch, T time, C channels, K kernel size
 with inputs before the sequence start taken from `initial_state` (the previous K - 1 inputs, oldest first), or zeros.
 weight[c, K - 1] multiplies the current input: [C, K] is nn.Conv1d(C, C, K, groups=C).weight ([C, 1, K]) squeezed.
 No activation inside (the layer applies SiLU). The state is the last K - 1 inputs, ready for `causal_conv1d_step`.
+
+`causal_conv1d_silu` is the DDTS mixer's conv followed by its SiLU as one op: backend "torch" runs exactly
+`causal_conv1d` then `F.silu` (the spec of the fused path), "triton" one kernel each way (ops/conv/triton.py: float32
+taps and SiLU in registers, the backward recomputes the pre-activation instead of saving it); "auto" = triton on
+CUDA, torch elsewhere. With T = 1 and a state it is also the decode step, in one launch.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from ..rows import BACKENDS, pick_backend
+
+GPU_MODULE = "slimkv.ops.conv.triton"
 
 
 def _check(x, weight, bias, state, name):
@@ -60,6 +69,31 @@ def causal_conv1d(
         y = F.conv1d(padded, weight.unsqueeze(1).to(x.dtype), None if bias is None else bias.to(x.dtype), groups=C)
     final_state = padded[..., padded.shape[-1] - (K - 1) :].clone() if output_final_state else None
     return y.transpose(1, 2), final_state
+
+
+def causal_conv1d_silu(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """SiLU(causal_conv1d(x, ...)): same arguments and final state as `causal_conv1d`; y [B, T, C] in x's dtype.
+
+    Example (decode: one token, state carried):
+        >>> y, state = causal_conv1d_silu(x_t[:, None], w, b, state, output_final_state=True)
+    """
+    if x.dim() != 3:
+        raise ValueError(f"causal_conv1d_silu: x must be [B, T, C]; got {tuple(x.shape)}")
+    _check(x, weight, bias, initial_state, "causal_conv1d_silu")
+    if x.shape[1] == 0 or pick_backend("causal_conv1d_silu", backend, GPU_MODULE, x, weight, bias,
+                                       initial_state) == "torch":
+        y, final_state = causal_conv1d(x, weight, bias, initial_state, output_final_state)
+        return F.silu(y), final_state
+    from .triton import causal_conv1d_silu_triton
+
+    return causal_conv1d_silu_triton(x, weight, bias, initial_state, output_final_state)
 
 
 def causal_conv1d_step(
