@@ -9,6 +9,10 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 # set it before any test module (or torch internals) imports triton.
 if not os.path.exists("/dev/nvidia0"):
     os.environ.setdefault("TRITON_INTERPRET", "1")
+if os.environ.get("TRITON_INTERPRET") == "1":
+    from tests.triton_interpreter import patch_loop_bounds
+
+    patch_loop_bounds()
 
 import pytest
 import torch

@@ -20,20 +20,10 @@ import torch  # noqa: E402
 
 triton = pytest.importorskip("triton")
 import triton.runtime.interpreter as triton_interpreter  # noqa: E402
+from tests.triton_interpreter import patch_loop_bounds  # noqa: E402
 
 pytestmark = pytest.mark.triton
-
-# Triton 3.6's interpreter turns loop bounds into Python ints with int(<1-element array>), which NumPy >= 2.x
-# rejects; take the element explicitly. Only the interpreter is touched, and only in this test process.
-_patch_tensor = triton_interpreter._patch_lang_tensor
-
-
-def _patch_tensor_index(tensor, scope):
-    _patch_tensor(tensor, scope)
-    scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
-
-
-triton_interpreter._patch_lang_tensor = _patch_tensor_index
+patch_loop_bounds()
 
 
 def _interpreted_kernels():

@@ -1,7 +1,7 @@
 """Shared by the fused-op tests: Triton's interpreter on the CPU, launch counting, relative errors.
 
 tests/conftest.py sets TRITON_INTERPRET=1 before anything imports triton when there is no GPU; importing this module
-also patches one interpreter helper that Triton 3.6 needs with NumPy >= 2 (as tests/ops/test_gla_triton.py does).
+applies tests/triton_interpreter.py, which Triton 3.6's interpreter needs with NumPy >= 2.
 """
 from __future__ import annotations
 
@@ -12,22 +12,10 @@ import pytest
 import torch
 
 triton = pytest.importorskip("triton")
-import triton.runtime.interpreter as triton_interpreter  # noqa: E402
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-# Triton kernels run on CUDA, or on the CPU inside the interpreter
+# Triton kernels run on CUDA, or on the CPU inside the interpreter (tests/conftest.py patches it)
 DEVICE = "cpu" if INTERPRETED else "cuda"
-
-if INTERPRETED and not getattr(triton_interpreter, "_slimkv_index_patch", False):
-    # loop bounds become Python ints through int(<1-element array>), which NumPy >= 2 rejects: take the element
-    _patch_tensor = triton_interpreter._patch_lang_tensor
-
-    def _patch_tensor_index(tensor, scope):
-        _patch_tensor(tensor, scope)
-        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
-
-    triton_interpreter._patch_lang_tensor = _patch_tensor_index
-    triton_interpreter._slimkv_index_patch = True
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:

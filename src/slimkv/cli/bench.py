@@ -3,6 +3,8 @@
     slimkv bench ops                                  # gla backends on CPU, small shapes
     slimkv bench ops --device cuda --shapes mamba2 --backends chunked triton --json out.json
     slimkv bench kernels --out benchmarks/results/h100   # GPU: check every Triton kernel, time vs fla (if installed)
+    slimkv bench decode --out runs/bench/decode          # GPU: ms/token vs context and batch, against HF Llama
+    slimkv bench decode --device cpu --tiny --contexts 128 --models rodimus rodimus_plus   # CPU smoke run
 """
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ import torch
 
 # what -> one-line help; each `what` has its own run function below
 BENCHMARKS = {"ops": "gla backends: tokens/s forward and forward+backward, plus error vs the float64 spec",
-              "kernels": "GPU only: correctness of every Triton kernel vs float64, timings vs floors and the fla peer"}
+              "kernels": "GPU only: correctness of every Triton kernel vs float64, timings vs floors and the fla peer",
+              "decode": "generation ms/token vs context and batch for Rodimus, Rodimus+ and a matched HF Llama"}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
 
@@ -32,9 +35,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--png", default=None, help="default benchmarks/results/gla_<device>_<date>.png")
     parser.add_argument("--out", default="benchmarks/results", help="kernels: output folder (gla_gpu.json/.png)")
     parser.add_argument("--budget", type=float, default=480.0, help="kernels: seconds before later sections are cut")
+    decode = parser.add_argument_group("decode")
+    decode.add_argument("--models", nargs="+", default=["rodimus", "rodimus_plus", "llama"],
+                        choices=["rodimus", "rodimus_plus", "llama"], help="models to time (default: all three)")
+    decode.add_argument("--contexts", type=int, nargs="+", default=[1024, 8192, 32768, 131072],
+                        help="prompt lengths for batch-1 decode (default 1K 8K 32K 128K; Llama stops at 32K)")
+    decode.add_argument("--new-tokens", type=int, default=128, help="tokens generated per timed call (default 128)")
+    decode.add_argument("--batch", type=int, default=16, help="the batched measurement's batch (default 16, at 8K)")
+    decode.add_argument("--no-check", action="store_true", help="skip the kernel and graph-vs-eager checks")
+    decode.add_argument("--no-llama-best", action="store_true", help="skip Llama's static-cache + compile path")
+    decode.add_argument("--tiny", action="store_true", help="small models instead of the 1.4B shapes (CPU smoke)")
+
+
+def run_decode(args: argparse.Namespace) -> int:
+    from slimkv.bench.decode import DecodeBenchConfig, bench_env_header, print_table, run_decode_bench
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is visible to torch")
+    out = args.out if args.out != "benchmarks/results" else "runs/bench/decode"
+    cfg = DecodeBenchConfig(out=out, device=args.device, models=tuple(args.models), contexts=tuple(args.contexts),
+                            llama_contexts=tuple(c for c in args.contexts if c <= 32768), new_tokens=args.new_tokens,
+                            repeats=args.repeats, batch=args.batch, check=not args.no_check,
+                            llama_best=not args.no_llama_best, budget_s=args.budget, tiny=args.tiny,
+                            profile=args.device == "cuda")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    report = run_decode_bench(cfg, bench_env_header(args.device))
+    print(print_table(report))
+    print(f"wrote {out}/decode.json and decode.png")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.what == "decode":
+        return run_decode(args)
     if args.what == "kernels":
         if not torch.cuda.is_available():
             raise ValueError("slimkv bench kernels needs a CUDA GPU")

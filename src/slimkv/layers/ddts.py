@@ -19,8 +19,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops import decode as decode_ops
-from ..ops.conv import causal_conv1d, causal_conv1d_step
-from ..ops.gla import gla, gla_step
+from ..ops.conv import causal_conv1d_silu
+from ..ops.ddts_gates import ddts_gates
+from ..ops.gla import gla
+from ..ops.norm import rms_norm
 from .norm import GatedRMSNorm, upcast
 
 
@@ -46,6 +48,7 @@ class DDTSMixer(nn.Module):
         out_size: int | None = None,
         gla_backend: str = "auto",
         decode_backend: str = "auto",
+        kernel_backend: str = "auto",
     ):
         super().__init__()
         d = hidden_size
@@ -56,6 +59,7 @@ class DDTSMixer(nn.Module):
         self.normalize_epsilon = normalize_epsilon
         self.gla_backend = gla_backend
         self.decode_backend = decode_backend
+        self.kernel_backend = kernel_backend
         self._gate_params_f32: tuple | None = None
 
         self.fc = nn.Linear(d, 2 * e, bias=False)
@@ -64,7 +68,7 @@ class DDTSMixer(nn.Module):
         self.gate_proj = nn.Linear(e, 2 * m, bias=True)
         self.channel_gate = nn.Sequential(nn.Linear(e, r, bias=False), nn.Linear(r, e, bias=True))
         self.D = nn.Parameter(torch.ones(e))
-        self.out_norm = GatedRMSNorm(e, eps=norm_epsilon)
+        self.out_norm = GatedRMSNorm(e, eps=norm_epsilon, backend=kernel_backend)
         self.out_proj = nn.Linear(e, out_size or d, bias=False)
 
         # markers read by the model's initialisation (spec section 4)
@@ -81,17 +85,13 @@ class DDTSMixer(nn.Module):
         }
 
     def _gates(self, x_conv: torch.Tensor):
-        """Selection/temperature gates and normalised keys, all in float32."""
+        """Queries, tempered keys and log-decays; the gate projection and its math in float32 (ops/ddts_gates)."""
         q, k = self.qk_proj(x_conv).split(self.mem_size, dim=-1)
         w, b = upcast(self.gate_proj.weight), upcast(self.gate_proj.bias)
-        g_hat, t_hat = F.linear(upcast(x_conv), w, b).split(self.mem_size, dim=-1)
-        g = F.softplus(g_hat)
-        tau = torch.sigmoid(t_hat)
-        log_decay = -tau * g
-        input_gate = g.pow(tau)
-        k = upcast(k)
-        k_hat = k / k.norm(dim=-1, keepdim=True).clamp_min(self.normalize_epsilon)
-        return q, k_hat * input_gate, log_decay
+        gates = F.linear(upcast(x_conv), w, b)
+        k_gated, log_decay = ddts_gates(gates, k, self.normalize_epsilon, out_dtype=q.dtype,
+                                        backend=self.kernel_backend)
+        return q, k_gated, log_decay
 
     def forward(
         self,
@@ -102,37 +102,23 @@ class DDTSMixer(nn.Module):
         use_cache: bool = False,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
         """h [B, T, d]; padding_mask [B, T] bool (True = real token). Returns y [B, T, out] and the new
-        (conv_state [B, e, k-1], ssm_state [B, 1, m, e]) when use_cache, else None."""
-        B, T, _ = h.shape
+        (conv_state [B, e, k-1], ssm_state [B, 1, m, e]) when use_cache, else None. One-token decoding with a
+        carried state has its own fused path, `step`."""
         x, z = self.fc(h).chunk(2, dim=-1)
         if padding_mask is not None:
             # padded positions must not touch the conv history or the state
             x = x * padding_mask.unsqueeze(-1).to(x.dtype)
-        conv_w = self.conv.weight.squeeze(1)
-        decoding = T == 1 and conv_state is not None and ssm_state is not None
-        if decoding:
-            x_conv, new_conv = causal_conv1d_step(x[:, 0], conv_w, self.conv.bias, conv_state)
-            x_conv = x_conv.unsqueeze(1)
-        else:
-            x_conv, new_conv = causal_conv1d(x, conv_w, self.conv.bias, conv_state, output_final_state=use_cache)
-        x_conv = F.silu(x_conv)
-
+        x_conv, new_conv = causal_conv1d_silu(x, self.conv.weight.squeeze(1), self.conv.bias, conv_state,
+                                              output_final_state=use_cache, backend=self.kernel_backend)
         q, k, log_decay = self._gates(x_conv)
         v = torch.sigmoid(self.channel_gate(x)) * x
-        scale = self.mem_size**-0.5
-        if decoding:
-            o, new_ssm = gla_step(q[:, 0, None].to(k.dtype), k[:, 0, None], v[:, 0, None].to(k.dtype),
-                                  log_decay[:, 0, None], ssm_state, scale)
-            o = o.unsqueeze(1)
-        else:
-            o, new_ssm = gla(
-                q.unsqueeze(2), k.to(q.dtype).unsqueeze(2), v.unsqueeze(2), log_decay.unsqueeze(2), scale,
-                initial_state=ssm_state, output_final_state=use_cache, backend=self.gla_backend,
-            )
+        o, new_ssm = gla(
+            q.unsqueeze(2), k.unsqueeze(2), v.unsqueeze(2), log_decay.unsqueeze(2), self.mem_size**-0.5,
+            initial_state=ssm_state, output_final_state=use_cache, backend=self.gla_backend,
+        )
         o = upcast(o.squeeze(2)) + upcast(self.D) * upcast(x_conv)
         y = self.out_proj(self.out_norm(o, z).to(h.dtype))
         return y, ((new_conv, new_ssm) if use_cache else None)
-
 
     def _gate_params(self) -> tuple[torch.Tensor, torch.Tensor]:
         """gate_proj's weight and bias in float32 (the gates run in float32), converted once per weight version
@@ -158,7 +144,7 @@ class DDTSMixer(nn.Module):
         up = self.channel_gate[1]
         u = decode_ops.ddts_step(q, k, gates, x, self.channel_gate[0](x), up.weight, up.bias, x_conv, z, self.D,
                                  ssm_state[:, 0], self.mem_size**-0.5, self.normalize_epsilon, backend)
-        y = decode_ops.rms_norm(u, self.out_norm.weight, self.out_norm.eps, backend)
+        y = rms_norm(u, self.out_norm.weight, self.out_norm.eps, backend=self.kernel_backend)
         return self.out_proj(y.to(h.dtype))
 
 

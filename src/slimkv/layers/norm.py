@@ -1,34 +1,45 @@
-"""RMSNorm and gated RMSNorm, computed in float32 (as the official Rodimus code does)."""
+"""RMSNorm and gated RMSNorm, computed in float32 (as the official Rodimus code does), through ops/norm.
+
+`backend` picks the op's path ("auto": the fused Triton kernels on CUDA, the PyTorch spec elsewhere). Under autocast
+the normalised rows come out directly in the autocast dtype, the dtype the next matmul would cast them to anyway.
+"""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-
-def upcast(x: torch.Tensor) -> torch.Tensor:
-    """float32 for low-precision tensors; float64 stays float64 (the specs are checked in float64)."""
-    return x if x.dtype == torch.float64 else x.float()
+from ..ops.norm import add_rms_norm, gated_rms_norm, rms_norm
+from ..ops.rows import upcast  # noqa: F401  (re-exported for the mixers)
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    x32 = upcast(x)
-    y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
-    return (y * upcast(weight)).to(weight.dtype)
+def matmul_dtype(x: torch.Tensor) -> torch.dtype | None:
+    """The dtype autocast will run the next matmul in (None outside autocast)."""
+    device = x.device.type
+    if device in ("cuda", "cpu") and torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return None
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float = 1e-5):
+    def __init__(self, dim: int, eps: float = 1e-5, backend: str = "auto"):
         super().__init__()
         self.eps = eps
+        self.backend = backend
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return rms_norm(x, self.weight, self.eps)
+        return rms_norm(x, self.weight, self.eps, out_dtype=matmul_dtype(x), backend=self.backend)
+
+    def add(self, x: torch.Tensor | None, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(norm(residual + x), residual + x) in one pass; the sum keeps the residual's dtype. x None: no add."""
+        if x is None:
+            return self(residual), residual
+        return add_rms_norm(x, residual, self.weight, self.eps, out_dtype=matmul_dtype(residual),
+                            backend=self.backend)
 
 
 class GatedRMSNorm(RMSNorm):
     """RMSNorm(x * SiLU(z)) * w: the gate is applied BEFORE the norm (Rodimus `act_norm`)."""
 
     def forward(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-        return rms_norm(upcast(x) * F.silu(upcast(gate)), self.weight, self.eps)
+        return gated_rms_norm(x, gate, self.weight, self.eps, out_dtype=matmul_dtype(x), backend=self.backend)

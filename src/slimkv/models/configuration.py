@@ -19,6 +19,8 @@ class RodimusConfig(PreTrainedConfig):
         rope_theta, rotary_dim: RoPE base and rotated dims (None = full head dim).
         gla_backend / attn_backend: "auto" (Triton/Flex on CUDA, chunked PyTorch elsewhere) or a named backend.
         decode_backend: the one-token step kernels (ops/decode): "auto" (fused Triton on CUDA), "torch" or "triton".
+        kernel_backend: the fused elementwise ops of the sequence path (norms, DDTS gates, conv + SiLU, SwiGLU, the
+            chunked loss): "auto" (Triton on CUDA), "torch" (the plain PyTorch specs) or "triton".
     """
 
     model_type = "slimkv_rodimus"
@@ -47,6 +49,7 @@ class RodimusConfig(PreTrainedConfig):
         gla_backend: str = "auto",
         attn_backend: str = "auto",
         decode_backend: str = "auto",
+        kernel_backend: str = "auto",
         use_cache: bool = True,
         tie_word_embeddings: bool = True,
         bos_token_id: int | None = None,
@@ -83,6 +86,7 @@ class RodimusConfig(PreTrainedConfig):
         self.gla_backend = gla_backend
         self.attn_backend = attn_backend
         self.decode_backend = decode_backend
+        self.kernel_backend = kernel_backend
         self.use_cache = use_cache
         super().__init__(
             tie_word_embeddings=tie_word_embeddings,

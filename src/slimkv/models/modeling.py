@@ -19,7 +19,7 @@ from ..layers.ddts import DDTSMixer, ddts_gate_bias_init
 from ..layers.ffn import SwiGLU
 from ..layers.norm import RMSNorm
 from ..layers.swska import SharedKeyAttention
-from ..ops import decode as decode_ops
+from ..ops.cross_entropy import linear_cross_entropy
 from .cache import RodimusCache
 from .compat import CACHE_KEY, pop_cache, with_cache
 from .configuration import RodimusConfig
@@ -31,18 +31,19 @@ class RodimusLayer(GradientCheckpointingLayer):
         super().__init__()
         self.layer_idx = layer_idx
         self.plus = config.block_type == "rodimus_plus"
-        self.mixer_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        kernels = config.kernel_backend
+        self.mixer_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, kernels)
         self.mixer = DDTSMixer(
             config.hidden_size, config.expand_ratio, config.mem_size, config.conv_size, config.input_gate_low_rank,
             config.normalize_epsilon, config.rms_norm_eps, gla_backend=config.gla_backend,
-            decode_backend=config.decode_backend,
+            decode_backend=config.decode_backend, kernel_backend=kernels,
         )
         if self.plus:
-            self.attn_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+            self.attn_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, kernels)
             self.attn = SharedKeyAttention(config.hidden_size, config.num_heads, config.window, config.rope_theta,
                                            config.rotary_dim, config.attn_backend, config.decode_backend)
-            self.ffn_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-            self.ffn = SwiGLU(config.hidden_size, config.ffn_size)
+            self.ffn_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, kernels)
+            self.ffn = SwiGLU(config.hidden_size, config.ffn_size, kernels)
 
     def state_shapes(self, batch_size: int) -> dict[str, tuple[int, ...]]:
         shapes = self.mixer.state_shapes(batch_size)
@@ -50,43 +51,45 @@ class RodimusLayer(GradientCheckpointingLayer):
             shapes.update(self.attn.state_shapes(batch_size))
         return shapes
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, padding_mask: torch.Tensor | None,
-                cache: RodimusCache | None = None) -> torch.Tensor:
+    def forward(self, residual: torch.Tensor, addend: torch.Tensor | None, positions: torch.Tensor,
+                padding_mask: torch.Tensor | None, cache: RodimusCache | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The stream is carried as (residual, addend): this layer's input is residual + addend (addend None for the
+        first layer) and it returns the same pair for its output, so every residual add runs fused with the norm
+        that follows it (ops/norm add_rms_norm)."""
         entry = cache.layers[self.layer_idx] if cache is not None else None
-        residual_dtype = x.dtype
+        h, residual = self.mixer_norm.add(addend, residual)
         y, state = self.mixer(
-            self.mixer_norm(x),
+            h,
             conv_state=entry["conv_state"] if entry and cache.seen_tokens else None,
             ssm_state=entry["ssm_state"] if entry and cache.seen_tokens else None,
             padding_mask=padding_mask, use_cache=entry is not None,
         )
-        x = x + y.to(residual_dtype)
         if entry is not None:
             cache.update(self.layer_idx, conv_state=state[0], ssm_state=state[1])
         if not self.plus:
-            return x
+            return residual, y
+        h, residual = self.attn_norm.add(y, residual)
         ring = (entry["key_ring"], entry["value_ring"], entry["ring_valid"]) if entry else None
-        a, ring = self.attn(self.attn_norm(x), positions, padding_mask, ring,
-                            seen=cache.seen_tokens if cache is not None else 0)
+        a, ring = self.attn(h, positions, padding_mask, ring, seen=cache.seen_tokens if cache is not None else 0)
         if ring is not None:
             cache.update(self.layer_idx, key_ring=ring[0], value_ring=ring[1], ring_valid=ring[2])
-        # two-hop residual: A feeds the FFN only, never the stream directly
-        return x + self.ffn(self.ffn_norm(x + a.to(residual_dtype))).to(residual_dtype)
+        # two-hop residual: norm(X_s + A) feeds the FFN, the stream stays X_s
+        h, _ = self.ffn_norm.add(a, residual)
+        return residual, self.ffn(h)
 
     def step(self, residual: torch.Tensor, addend: torch.Tensor | None, entry: dict[str, torch.Tensor],
              positions: torch.Tensor, slot: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """One decode token. The stream is carried as (residual, addend) so each residual add is fused with the
         norm that follows it: this layer's input is residual + addend; returns the same pair for its output."""
-        backend = self.mixer.decode_backend
-        h, residual = decode_ops.add_rms_norm(addend, residual, self.mixer_norm.weight, self.mixer_norm.eps, backend)
+        h, residual = self.mixer_norm.add(addend, residual)
         y = self.mixer.step(h, entry["conv_state"], entry["ssm_state"])
         if not self.plus:
             return residual, y
-        h, residual = decode_ops.add_rms_norm(y, residual, self.attn_norm.weight, self.attn_norm.eps, backend)
+        h, residual = self.attn_norm.add(y, residual)
         a = self.attn.step(h, positions, entry["key_ring"], entry["value_ring"], entry["ring_valid"], slot)
         # two-hop residual: norm(X_s + A) feeds the FFN, the stream stays X_s
-        h, _ = decode_ops.add_rms_norm(a, residual, self.ffn_norm.weight, self.ffn_norm.eps, backend,
-                                       return_total=False)
+        h, _ = self.ffn_norm.add(a, residual)
         return residual, self.ffn(h)
 
 
@@ -148,7 +151,7 @@ class RodimusModel(RodimusPreTrainedModel):
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=None)
         self.layers = nn.ModuleList(RodimusLayer(config, i) for i in range(config.num_hidden_layers))
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, config.kernel_backend)
         self.gradient_checkpointing = False
         self.post_init()
 
@@ -182,8 +185,7 @@ class RodimusModel(RodimusPreTrainedModel):
         addend = None
         for layer in self.layers:
             residual, addend = layer.step(residual, addend, cache.layers[layer.layer_idx], positions, slot)
-        h, _ = decode_ops.add_rms_norm(addend, residual, self.norm.weight, self.norm.eps,
-                                       self.config.decode_backend, return_total=False)
+        h, _ = self.norm.add(addend, residual)
         cache.seen.add_(1)
         cache.next_position.copy_(positions + 1)
         return h
@@ -238,13 +240,13 @@ class RodimusModel(RodimusPreTrainedModel):
             past_key_values.seen_tokens += 1
             return BaseModelOutputWithPast(last_hidden_state=h[:, None], **with_cache(past_key_values))
 
-        if self.config.residual_in_fp32 and x.dtype != torch.float64:
-            x = x.float()
+        residual = x.float() if self.config.residual_in_fp32 and x.dtype != torch.float64 else x
+        addend = None
         for layer in self.layers:
-            x = layer(x, position_ids, padding_mask, past_key_values)
+            residual, addend = layer(residual, addend, position_ids, padding_mask, past_key_values)
         if past_key_values is not None and T > 0:
             past_key_values.advance(T, position_ids[:, -1] + 1)
-        x = self.norm(x)
+        x, _ = self.norm.add(addend, residual)
         return BaseModelOutputWithPast(last_hidden_state=x, **with_cache(past_key_values))
 
 
@@ -306,13 +308,21 @@ class RodimusForCausalLM(FastGenerationMixin, RodimusPreTrainedModel, Generation
         use_cache: bool | None = None,
         logits_to_keep: int = 0,
         return_dict: bool | None = None,
+        targets: torch.LongTensor | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
+        """labels: Hugging Face convention (same length as the input, shifted inside; logits returned too).
+        targets: the next token of every input position, already shifted ([B, T], -100 = ignore): the loss runs as
+        a chunked linear cross-entropy that never materialises the [B, T, V] logits (ops/cross_entropy), and no
+        logits are returned. The project's trainer uses targets."""
         past_key_values = pop_cache(kwargs, past_key_values)
-        if labels is not None:
+        if labels is not None or targets is not None:
             use_cache = False
         out = self.model(input_ids, attention_mask, position_ids, past_key_values, inputs_embeds, use_cache)
         h = out.last_hidden_state
+        if targets is not None:
+            loss = linear_cross_entropy(h, self.lm_head.weight, targets, backend=self.config.kernel_backend)
+            return CausalLMOutputWithPast(loss=loss, logits=None)
         if logits_to_keep:
             h = h[:, -logits_to_keep:]
         logits = self.lm_head(h.to(self.lm_head.weight.dtype))

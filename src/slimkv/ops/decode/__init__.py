@@ -1,4 +1,4 @@
-"""One-token decode steps, fused: residual add + RMSNorm, short conv + SiLU, the DDTS state step, the SW-SKA step.
+"""One-token decode steps, fused: short conv + SiLU, the DDTS state step, the SW-SKA step (norms: ops/norm).
 
 Each function updates its state in place and keeps a fixed launch shape, so a whole decode step can be captured in a
 CUDA graph (models/generation.py). `backend`: "auto" (Triton on CUDA when it imports, PyTorch elsewhere), "torch"
@@ -30,19 +30,6 @@ def _kernels():
     return kernels
 
 
-def add_rms_norm(addend: torch.Tensor | None, residual: torch.Tensor, weight: torch.Tensor, eps: float,
-                 backend: str = "auto", return_total: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(RMSNorm(residual + addend) * w, residual + addend) for rows [B, N]; the sum is in the residual's dtype."""
-    if use_triton(residual, backend):
-        return _kernels().add_rms_norm_rows(addend, residual, weight, eps, return_total)
-    normed, total = reference.add_rms_norm_rows(addend, residual, weight, eps)
-    return normed, (total if return_total else None)
-
-
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, backend: str = "auto") -> torch.Tensor:
-    return add_rms_norm(None, x, weight, eps, backend, return_total=False)[0]
-
-
 def conv_silu_step(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, state: torch.Tensor,
                    backend: str = "auto") -> torch.Tensor:
     """SiLU(causal depthwise conv) of one token; x [B, C], weight [C, K], state [B, C, K - 1] shifted in place."""
@@ -70,4 +57,4 @@ def window_step(q, k, v, inv_freq, positions, key_ring, value_ring, ring_valid, 
     return reference.window_step(q, k, v, inv_freq, positions, key_ring, value_ring, ring_valid, slot, valid, scale)
 
 
-__all__ = ["BACKENDS", "add_rms_norm", "conv_silu_step", "ddts_step", "rms_norm", "use_triton", "window_step"]
+__all__ = ["BACKENDS", "conv_silu_step", "ddts_step", "use_triton", "window_step"]

@@ -22,20 +22,6 @@ def _acc(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def rms_norm_rows(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """RMSNorm of each row in float32 (float64 stays float64), returned in the weight's dtype (layers/norm.py)."""
-    acc = _acc(x.dtype)
-    xf = x.to(acc)
-    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * weight.to(acc)).to(weight.dtype)
-
-
-def add_rms_norm_rows(addend: torch.Tensor | None, residual: torch.Tensor, weight: torch.Tensor,
-                      eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """s = residual + addend (in the residual's dtype); returns (RMSNorm(s) * w, s). addend None: s = residual."""
-    total = residual if addend is None else residual + addend.to(residual.dtype)
-    return rms_norm_rows(total, weight, eps), total
-
-
 def conv_silu_step(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                    state: torch.Tensor) -> torch.Tensor:
     """SiLU(causal depthwise conv) of one token. x [B, C]; weight [C, K]; state [B, C, K - 1] (updated)."""

@@ -23,43 +23,6 @@ def _log1p(y):
     return tl.where(d == 0.0, y, tl.log(u) * (y / tl.where(d == 0.0, 1.0, d)))
 
 
-# --- residual add + RMSNorm -------------------------------------------------------------------------------------
-
-
-@triton.jit
-def _add_rms_norm_kernel(addend, residual, weight, out, total, N, a_stride, r_stride, o_stride, t_stride, eps,
-                         HAS_ADDEND: tl.constexpr, WRITE_TOTAL: tl.constexpr, BLOCK: tl.constexpr):
-    """One program per row: s = residual + addend (residual dtype); out = RMSNorm(s) * w (weight dtype)."""
-    row = tl.program_id(0).to(tl.int64)
-    cols = tl.arange(0, BLOCK)
-    ok = cols < N
-    s = tl.load(residual + row * r_stride + cols, mask=ok, other=0.0)
-    if HAS_ADDEND:
-        s = s + tl.load(addend + row * a_stride + cols, mask=ok, other=0.0).to(s.dtype)
-    if WRITE_TOTAL:
-        tl.store(total + row * t_stride + cols, s, mask=ok)
-    sf = s.to(tl.float32)
-    inv_rms = tl.rsqrt(tl.sum(sf * sf, axis=0) / N + eps)
-    w = tl.load(weight + cols, mask=ok, other=0.0).to(tl.float32)
-    tl.store(out + row * o_stride + cols, (sf * inv_rms * w).to(out.dtype.element_ty), mask=ok)
-
-
-def add_rms_norm_rows(addend: torch.Tensor | None, residual: torch.Tensor, weight: torch.Tensor, eps: float,
-                      return_total: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-    B, N = residual.shape
-    out = torch.empty(B, N, dtype=weight.dtype, device=residual.device)
-    total = torch.empty_like(residual) if (return_total and addend is not None) else None
-    a = addend if addend is not None else residual
-    _add_rms_norm_kernel[(B,)](a, residual, weight, out, total if total is not None else out, N,
-                               a.stride(0), residual.stride(0), out.stride(0),
-                               total.stride(0) if total is not None else 0, eps,
-                               HAS_ADDEND=addend is not None, WRITE_TOTAL=total is not None,
-                               BLOCK=triton.next_power_of_2(N), num_warps=4 if N <= 4096 else 8)
-    if not return_total:
-        return out, None
-    return out, (total if total is not None else residual)
-
-
 # --- short conv + SiLU ----------------------------------------------------------------------------------------
 
 
