@@ -24,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from slimkv.bench.ops import GLA_BACKENDS, SHAPE_SETS
 
     parser.add_argument("what", choices=list(BENCHMARKS), help="; ".join(f"{k}: {v}" for k, v in BENCHMARKS.items()))
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                        help="auto (default): cuda when a GPU is visible, else cpu")
     parser.add_argument("--shapes", default="small", choices=list(SHAPE_SETS), help="shape set (default small)")
     parser.add_argument("--backends", nargs="+", default=None, metavar="NAME",
                         help=f"backends to time (default: every one available on the device): {', '.join(GLA_BACKENDS)}")
@@ -53,14 +54,15 @@ def run_decode(args: argparse.Namespace) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is visible to torch")
     out = args.out if args.out != "benchmarks/results" else "runs/bench/decode"
-    cfg = DecodeBenchConfig(out=out, device=args.device, models=tuple(args.models), contexts=tuple(args.contexts),
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    cfg = DecodeBenchConfig(out=out, device=device, models=tuple(args.models), contexts=tuple(args.contexts),
                             llama_contexts=tuple(c for c in args.contexts if c <= 32768), new_tokens=args.new_tokens,
                             repeats=args.repeats, batch=args.batch, check=not args.no_check,
                             llama_best=not args.no_llama_best, budget_s=args.budget, tiny=args.tiny,
-                            profile=args.device == "cuda")
+                            profile=device == "cuda")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    report = run_decode_bench(cfg, bench_env_header(args.device))
+    report = run_decode_bench(cfg, bench_env_header(device))
     print(print_table(report))
     print(f"wrote {out}/decode.json and decode.png")
     return 0
