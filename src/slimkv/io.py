@@ -74,8 +74,11 @@ def atomic_write(path: str | os.PathLike, fill: Callable[[BinaryIO], object]) ->
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_sibling(path, "tmp")
-    # "x": a fresh file (O_EXCL) whose mode honours the umask (0666 & ~umask), as open() would make it
-    raw = _TrackedFileIO(tmp, "xb")
+    try:
+        # "x": a fresh file (O_EXCL) whose mode honours the umask (0666 & ~umask), as open() would make it
+        raw = _TrackedFileIO(tmp, "xb")
+    except OSError as err:
+        raise OSError(err.errno, err.strerror, str(path)) from None
     try:
         with io.BufferedWriter(raw) as handle:
             fill(handle)
@@ -84,9 +87,10 @@ def atomic_write(path: str | os.PathLike, fill: Callable[[BinaryIO], object]) ->
         os.replace(tmp, path)
     except BaseException as err:
         tmp.unlink(missing_ok=True)
+        # report the file the caller asked for, not the hidden temporary one
         if raw.error is not None and not isinstance(err, OSError):
             raise OSError(raw.error.errno, raw.error.strerror, str(path)) from None
-        if isinstance(err, OSError) and err.errno is not None and err.filename is None:
+        if isinstance(err, OSError) and err.errno is not None and err.filename in (None, str(tmp)):
             raise OSError(err.errno, err.strerror, str(path)) from None
         raise
     fsync_dir(path.parent)
@@ -222,7 +226,10 @@ def output_folder(dst: str | os.PathLike, *, command: str, overwrite: bool = Fal
     target = check_output_folder(dst, command=command, overwrite=overwrite, sources=sources)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_sibling(target, "partial")
-    os.mkdir(tmp, 0o777)
+    try:
+        os.mkdir(tmp, 0o777)
+    except OSError as err:
+        raise OSError(err.errno, err.strerror, str(dst)) from None
     try:
         yield tmp
         # the destination may have changed while the output was being built

@@ -85,6 +85,17 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
 write_text_atomic = atomic_write_text
 
 
+def _write_parts(tmp: Path, rank: int, model_state, optimizer_state, dcp_state) -> None:
+    if dcp_state is not None:
+        import torch.distributed.checkpoint as dcp
+
+        dcp.save(dcp_state, checkpoint_id=str(tmp / DCP_DIR))
+    elif rank == 0:
+        _atomic_torch_save({"model": model_state, "optimizer": optimizer_state}, tmp / STATE)
+    _atomic_torch_save(rng_state(), tmp / f"rng-rank{rank:05d}.pt")
+    _barrier()
+
+
 def save_checkpoint(
     checkpoint_dir: Path,
     step: int,
@@ -108,16 +119,16 @@ def save_checkpoint(
             shutil.rmtree(tmp)
         tmp.mkdir()
     _barrier()
-    if dcp_state is not None:
-        import torch.distributed.checkpoint as dcp
-
-        dcp.save(dcp_state, checkpoint_id=str(tmp / DCP_DIR))
-    elif rank == 0:
-        _atomic_torch_save({"model": model_state, "optimizer": optimizer_state}, tmp / STATE)
-    _atomic_torch_save(rng_state(), tmp / f"rng-rank{rank:05d}.pt")
-    _barrier()
+    try:
+        _write_parts(tmp, rank, model_state, optimizer_state, dcp_state)
+        if rank == 0:
+            _atomic_torch_save({**meta, "format": "dcp" if dcp_state is not None else "full"}, tmp / META)
+    except BaseException:
+        # a full disk or a crash mid-save: the partial folder goes (freeing its space), the previous checkpoint stays
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if rank == 0:
-        _atomic_torch_save({**meta, "format": "dcp" if dcp_state is not None else "full"}, tmp / META)
         # the DCP shards were written by torch, not through atomic_write: make the whole folder durable first
         fsync_tree(tmp)
         if final.exists():

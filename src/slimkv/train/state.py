@@ -61,12 +61,14 @@ class RunFolder:
     def __init__(self, run_dir: Path, *, is_main: bool, device: torch.device):
         self.run_dir, self.is_main, self.device = run_dir, is_main, device
         self._lock = FileLock(run_dir / LOCK, what=f"run folder {str(run_dir)!r}")
-        self._created = False
+        # the outermost folder the lock had to create (removed again if setup fails)
+        self._created: Path | None = None
 
     def acquire(self) -> None:
         error = None
         if self.is_main:
-            self._created = not self.run_dir.exists()
+            missing = [p for p in (self.run_dir, *self.run_dir.parents) if not p.exists()]
+            self._created = missing[-1] if missing else None
             try:
                 self._lock.acquire()
             except UserError as err:
@@ -78,13 +80,17 @@ class RunFolder:
             raise UserError(f"run folder {str(self.run_dir)!r} is in use by another process (rank 0 could not lock it)")
 
     def release(self, *, failed_setup: bool = False) -> None:
-        """Drop the lock; after a setup that failed, also remove the run folder if this call created it empty."""
+        """Drop the lock; after a setup that failed, also remove the folders acquire() created, if still empty."""
         self._lock.release()
-        if failed_setup and self._created and self.is_main:
-            lock = self.run_dir / LOCK
-            if [p.name for p in self.run_dir.iterdir()] == [LOCK]:
-                lock.unlink()
-                self.run_dir.rmdir()
+        if not (failed_setup and self.is_main and self._created is not None):
+            return
+        if [p.name for p in self.run_dir.iterdir()] != [LOCK]:
+            return
+        (self.run_dir / LOCK).unlink()
+        for folder in (self.run_dir, *self.run_dir.parents):
+            folder.rmdir()
+            if folder == self._created:
+                break
 
 
 @dataclass

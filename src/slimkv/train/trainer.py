@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from ..config import dump_config
 from ..device import resolve_device
+from ..errors import UserError, os_error_message
 from . import checkpoint as ckpt
 from .batches import BatchPlan
 from .config import RunConfig
@@ -115,8 +116,10 @@ class Trainer:
         self.steps = StepRunner(self.model, self.optimizer, self.scheduler, self.sources, self.plan, cfg,
                                 self.device, self.bf16, self.world_size)
         self.checkpoints = Checkpointer(self.run_dir, cfg, rank=self.rank, world_size=self.world_size)
-        if self.resume is True and not self.run_dir.exists():
-            raise FileNotFoundError(f"run directory {str(self.run_dir)!r} does not exist; nothing to resume")
+        self._resume_from = self.run_dir if self.resume is True else Path(self.resume) if self.resume else None
+        if self._resume_from is not None and not self._resume_from.exists():
+            raise FileNotFoundError(f"{'run directory' if self.resume is True else 'checkpoint path'} "
+                                    f"{str(self._resume_from)!r} does not exist; nothing to resume")
         # from here on this process is the only writer of the run folder
         self.run_folder = RunFolder(self.run_dir, is_main=self.is_main, device=self.device)
         self.run_folder.acquire()
@@ -129,9 +132,8 @@ class Trainer:
     def _open_run(self) -> None:
         cfg = self.config
         self.start_step, self.tokens_seen = 0, 0
-        if self.resume:
-            point = self.checkpoints.resume(self.run_dir if self.resume is True else Path(self.resume),
-                                            self.model, self.optimizer, self.scheduler,
+        if self._resume_from is not None:
+            point = self.checkpoints.resume(self._resume_from, self.model, self.optimizer, self.scheduler,
                                             data_sequences=len(self.sources.train),
                                             allow_config_change=self.allow_config_change)
             self.start_step, self.tokens_seen = point.step, point.tokens_seen
@@ -168,8 +170,15 @@ class Trainer:
         if not self.steps.params_finite():
             raise TrainingDiverged(f"model weights are not finite at step {step}; not saving. last good checkpoint: "
                                    f"{self.last_checkpoint or 'none'}")
-        return self.checkpoints.save(step, self.model, self.optimizer, self.scheduler, tokens_seen=self.tokens_seen,
-                                     data_sequences=len(self.sources.train))
+        try:
+            return self.checkpoints.save(step, self.model, self.optimizer, self.scheduler,
+                                         tokens_seen=self.tokens_seen, data_sequences=len(self.sources.train))
+        except OSError as err:
+            problem = os_error_message(err)
+            if problem is None:
+                raise
+            raise UserError(f"{problem}; checkpoint {ckpt.checkpoint_name(step)} was not saved, the last good one is "
+                            f"{self.last_checkpoint or 'none'}") from err
 
     def _log_eval(self, step: int, result: TrainResult) -> None:
         heldout_loss = self.evaluate()
