@@ -27,7 +27,7 @@ def _mount(args: list[str]) -> bool:
 
 @contextlib.contextmanager
 def tmpfs(path: Path, size_bytes: int) -> Iterator[bool]:
-    """Mount a tmpfs of `size_bytes` at `path` for the block; yields False (nothing mounted) where that is impossible."""
+    """Mount a tmpfs of `size_bytes` at `path` for the block; yields False (nothing mounted) where it cannot."""
     path.mkdir(parents=True, exist_ok=True)
     mounted = _mount(["-t", "tmpfs", "-o", f"size={size_bytes},mode=0755", "tmpfs", str(path)])
     try:

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import errno
+import linecache
 import os
+from pathlib import Path
 
 import pytest
 import torch
 
 import slimkv.cli.convert
+import slimkv.errors
 from slimkv.cli.main import main
 from slimkv.device import resolve_device
 from slimkv.errors import UserError, user_message
@@ -38,6 +41,23 @@ def test_bugs_are_not_turned_into_one_liners():
     assert user_message(OSError(errno.EINVAL, "Invalid argument", ".")) is None
     # a ValueError raised inside torch (not by slimkv's own checks) is a bug of ours
     assert user_message(_raised(lambda: torch.nn.functional.pad(torch.zeros(2), (1,), mode="bogus"))) is None
+    # so is one Python raises inside slimkv code (the old mem_size=0 failure was "not enough values to unpack"),
+    # while a `raise ValueError(...)` written in slimkv is a message for the user
+    assert _message_from_slimkv_code("def f():\n    a, b = [1]\n") is None
+    assert _message_from_slimkv_code("def f():\n    raise ValueError('mem_size must be >= 1')\n") == \
+        "mem_size must be >= 1"
+
+
+def _message_from_slimkv_code(source: str):
+    """user_message of what `f` raises when `f` is compiled as if it lived in the slimkv package."""
+    filename = str(Path(slimkv.errors.__file__).parent / "_code_under_test.py")
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    namespace: dict = {}
+    try:
+        exec(compile(source, filename, "exec"), namespace)
+        return user_message(_raised(namespace["f"]))
+    finally:
+        linecache.cache.pop(filename, None)
 
 
 def test_user_errors_and_slimkv_value_errors_are_one_line():

@@ -8,6 +8,7 @@ traceback.
 from __future__ import annotations
 
 import errno
+import linecache
 import os
 from pathlib import Path
 
@@ -44,13 +45,18 @@ def os_error_message(err: OSError) -> str | None:
 
 
 def _raised_by_slimkv(err: BaseException) -> bool:
-    """True when the innermost frame of the traceback is slimkv's own code (a message we wrote on purpose)."""
+    """True when slimkv's own code raised `err` with a `raise` statement (a message written for the user).
+
+    A ValueError from inside torch or transformers, or one Python raises in our code (`a, b = [1]`, `int("x")`), is
+    a bug: its innermost frame is not a slimkv `raise` line.
+    """
     tb = err.__traceback__
     if tb is None:
         return False
     while tb.tb_next is not None:
         tb = tb.tb_next
-    return tb.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR)
+    filename = tb.tb_frame.f_code.co_filename
+    return filename.startswith(_PACKAGE_DIR) and linecache.getline(filename, tb.tb_lineno).lstrip().startswith("raise")
 
 
 def user_message(err: BaseException) -> str | None:

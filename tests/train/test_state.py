@@ -337,3 +337,20 @@ def test_rodimus_config_checks_every_size_and_rate():
         with pytest.raises(ValueError, match=needle.replace("(", r"\(").replace(")", r"\)")):
             RodimusConfig(hidden_size=64, num_hidden_layers=2, vocab_size=50, **kwargs)
     assert RodimusConfig(hidden_size=64, num_hidden_layers=2, vocab_size=50, window_size=None).window is None
+
+
+def test_checkpoints_configs_and_exports_get_normal_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        Trainer(tiny_config(tmp_path / "runs", "modes", train={"steps": 2, "checkpoint_every": 1,
+                                                               "export_model": True})).fit()
+    finally:
+        os.umask(old)
+    run_dir = tmp_path / "runs" / "modes"
+    step = run_dir / "checkpoints" / "step-000002"
+    for path in (step / "state.pt", step / "meta.pt", step / "rng-rank00000.pt", run_dir / "checkpoints" / "latest",
+                 run_dir / "config.yaml", run_dir / "model" / "config.json"):
+        assert oct(path.stat().st_mode & 0o777) == "0o644", path
+    for path in (step, run_dir / "model"):
+        assert oct(path.stat().st_mode & 0o777) == "0o755", path
+    assert not [p for p in run_dir.iterdir() if p.name.startswith(".model.")]

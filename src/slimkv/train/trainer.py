@@ -190,6 +190,24 @@ class Trainer:
         if self.is_main and self.config.log.progress:
             tqdm.write(f"step {step}: held-out loss {heldout_loss:.4f}, ppl {ppl:.2f}")
 
+    def _after_step(self, step: int, loss: float, grad_norm: float, lr: float, throughput: Throughput,
+                    result: TrainResult) -> None:
+        """Log, call back, evaluate and checkpoint at the cadence the config asks for, after step `step` (1-based)."""
+        cfg = self.config
+        if step % cfg.log.every == 0 or step == cfg.train.steps or step == self.start_step + 1:
+            record = {"loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": self.tokens_seen,
+                      "tokens_per_s": throughput.window_rate()}
+            if self.device.type == "cuda":
+                record["peak_memory_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+            self.metrics.log(step, record)
+            throughput.reset_window()
+        for callback in self.callbacks:
+            callback(self, step, loss)
+        if cfg.eval.every > 0 and step % cfg.eval.every == 0 and step < cfg.train.steps:
+            self._log_eval(step, result)
+        if cfg.train.checkpoint_every > 0 and step % cfg.train.checkpoint_every == 0:
+            result.checkpoint = self._save(step)
+
     # ---------------------------------------------------------------- the loop
     def fit(self) -> TrainResult:
         self._setup()
@@ -233,19 +251,7 @@ class Trainer:
                         result.losses.append(loss)
                         progress.update(1)
                         progress.set_postfix(loss=f"{loss:.4f}", tok_s=f"{throughput.window_rate():,.0f}")
-                        if step % cfg.log.every == 0 or step == cfg.train.steps or step == self.start_step + 1:
-                            record = {"loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": self.tokens_seen,
-                                      "tokens_per_s": throughput.window_rate()}
-                            if self.device.type == "cuda":
-                                record["peak_memory_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
-                            self.metrics.log(step, record)
-                            throughput.reset_window()
-                        for callback in self.callbacks:
-                            callback(self, step, loss)
-                        if cfg.eval.every > 0 and step % cfg.eval.every == 0 and step < cfg.train.steps:
-                            self._log_eval(step, result)
-                        if cfg.train.checkpoint_every > 0 and step % cfg.train.checkpoint_every == 0:
-                            result.checkpoint = self._save(step)
+                        self._after_step(step, loss, grad_norm, lr, throughput, result)
                     limit = cfg.train.max_seconds
                     out_of_time = self.is_main and limit > 0 and time.perf_counter() - started >= limit
                     interrupted, out_of_time = self.stop.agreed(out_of_time, self.device)
