@@ -136,10 +136,14 @@ def _foreign_entries(folder: Path, command: str) -> list[str]:
     return sorted(foreign)
 
 
+OVERWRITE_HINT = "pass --overwrite to replace it once the new output is complete, or choose another folder"
+
+
 def check_output_folder(dst: str | os.PathLike, *, command: str, overwrite: bool = False,
-                        sources: Iterable[str | os.PathLike] = ()) -> Path:
+                        sources: Iterable[str | os.PathLike] = (), hint: str = OVERWRITE_HINT) -> Path:
     """Raise UserError unless `dst` may receive the output of `command` (rules: module docstring); returns the
-    resolved destination. Call it before long work so a refusal comes at once; `output_folder` calls it again."""
+    resolved destination. Call it before long work so a refusal comes at once; `output_folder` calls it again.
+    `hint` ends the refusal of a foreign folder (for commands without --overwrite: what to do instead)."""
     shown = str(dst)
     target = Path(dst).expanduser().resolve()
     cwd = Path.cwd().resolve()
@@ -160,8 +164,7 @@ def check_output_folder(dst: str | os.PathLike, *, command: str, overwrite: bool
         if foreign:
             listed = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
             raise UserError(f"output folder {shown!r} is not empty and is not an earlier output of `slimkv {command}` "
-                            f"(it holds {listed}); pass --overwrite to replace it once the new output is complete, "
-                            "or choose another folder")
+                            f"(it holds {listed}); {hint}")
     return target
 
 
@@ -219,11 +222,11 @@ def swap_folder(new: Path, target: Path) -> None:
 
 @contextlib.contextmanager
 def output_folder(dst: str | os.PathLike, *, command: str, overwrite: bool = False,
-                  sources: Iterable[str | os.PathLike] = ()) -> Iterator[Path]:
+                  sources: Iterable[str | os.PathLike] = (), hint: str = OVERWRITE_HINT) -> Iterator[Path]:
     """Yield an empty hidden sibling of `dst` to fill; when the block ends cleanly, a manifest is added, every file
     is fsynced and the folder replaces `dst` in one step. On an error nothing at `dst` has changed."""
     sources = list(sources)
-    target = check_output_folder(dst, command=command, overwrite=overwrite, sources=sources)
+    target = check_output_folder(dst, command=command, overwrite=overwrite, sources=sources, hint=hint)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_sibling(target, "partial")
     try:
@@ -233,7 +236,7 @@ def output_folder(dst: str | os.PathLike, *, command: str, overwrite: bool = Fal
     try:
         yield tmp
         # the destination may have changed while the output was being built
-        check_output_folder(dst, command=command, overwrite=overwrite, sources=sources)
+        check_output_folder(dst, command=command, overwrite=overwrite, sources=sources, hint=hint)
         manifest = {"command": command, "files": _files_of(tmp)}
         atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=1) + "\n")
         fsync_tree(tmp)

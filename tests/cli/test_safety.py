@@ -133,6 +133,7 @@ def test_fetch_never_deletes_a_folder_it_did_not_write(tmp_path, capsys):
     # refused before any download is attempted
     code, err = run(capsys, "fetch", "smollm2", "--dest", tmp_path / "data")
     assert code == 2 and "not an earlier output of `slimkv fetch smollm2-135m-instruct`" in one_line(err)
+    assert err.rstrip().endswith("(it holds notes.txt, sub/); move it away (or choose another --dest) and fetch again")
     assert tree_digest(foreign) == before and not (tmp_path / "data" / "downloads").exists()
 
 

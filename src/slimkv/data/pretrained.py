@@ -81,6 +81,8 @@ QWEN2_5_0_5B = PretrainedAsset(
 
 ASSETS = {SMOLLM2.name: SMOLLM2, QWEN2_5_0_5B.name: QWEN2_5_0_5B}
 DONE_MARKER = "slimkv_fetch.json"
+# a folder at data/models/<name> that this fetch did not write is never deleted
+NOT_OURS_HINT = "move it away (or choose another --dest) and fetch again"
 
 
 def data_root(root: str | os.PathLike | None = None) -> Path:
@@ -185,8 +187,7 @@ def _convert_to_hf_folder(gguf: Path, out_dir: Path) -> None:
     if config.tie_word_embeddings:
         fresh.tie_weights()
     fresh.eval()
-    # a folder already at out_dir without DONE_MARKER was not written by this fetch: refused, never deleted
-    with output_folder(out_dir, command=f"fetch {out_dir.name}") as tmp_dir:
+    with output_folder(out_dir, command=f"fetch {out_dir.name}", hint=NOT_OURS_HINT) as tmp_dir:
         fresh.save_pretrained(tmp_dir, safe_serialization=True)
         tokenizer.save_pretrained(tmp_dir)
         (tmp_dir / DONE_MARKER).write_text(json.dumps({"gguf": gguf.name, "dtype": "float32"}, indent=1) + "\n")
@@ -207,7 +208,7 @@ def fetch_pretrained(name: str, root: str | os.PathLike | None = None, keep_gguf
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (out_dir / DONE_MARKER).exists() and (out_dir / "config.json").exists():
             return out_dir
-        check_output_folder(out_dir, command=f"fetch {asset.name}")
+        check_output_folder(out_dir, command=f"fetch {asset.name}", hint=NOT_OURS_HINT)
         gguf = _assemble_gguf(asset, root)
         _convert_to_hf_folder(gguf, out_dir)
         if not keep_gguf:

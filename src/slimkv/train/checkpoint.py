@@ -181,7 +181,8 @@ def load_file(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        # torch's own text runs on for several sentences: its first one says what broke
+        first = str(err).strip().splitlines()[0].split(". ")[0] if str(err).strip() else type(err).__name__
         raise CorruptCheckpoint(f"checkpoint file {str(path)!r} is corrupt or truncated ({first})") from None
 
 
