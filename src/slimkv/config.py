@@ -3,15 +3,21 @@
     cfg = load_config("configs/tiny.yaml", ["--optim.lr=3e-4", "--model.arch=llama"], schema=RunConfig)
 
 Rules:
-- every YAML key must name a dataclass field (unknown keys are a ValueError naming the dotted field);
+- every YAML key must name a dataclass field (unknown keys are a ValueError naming the dotted field and the
+  closest known one: "did you mean 'optim.lr'?");
 - a field without a default must be given (missing ones are a ValueError naming the field);
 - override values are parsed as YAML scalars and converted to the field's declared type
   (int, float, bool, str, Literal, Optional, list[...], dict[str, ...] and nested dataclasses);
+- floats must be finite (nan and inf are refused);
+- a field declared with `ranged(default, ge=..., gt=..., le=..., lt=..., even=...)` is range-checked, the error
+  naming the field and the rule;
 - `config_to_dict` gives plain containers, so a config can be dumped to YAML and stored in checkpoints.
 """
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
 import os
 import types
 import typing
@@ -23,6 +29,55 @@ import yaml
 from .io import atomic_write_text
 
 T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """Allowed values of a numeric field: bounds (ge/gt/le/lt), evenness, and special values let through as is
+    (e.g. `special=(0,)` where 0 means "derive it")."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    even: bool = False
+    special: tuple = ()
+
+    def describe(self) -> str:
+        parts = [f"{op} {v:g}" for op, v in ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt))
+                 if v is not None]
+        parts += ["even"] if self.even else []
+        return " and ".join(parts) + "".join(f" (or {v})" for v in self.special)
+
+    def check(self, value: Any, where: str) -> None:
+        if value is None or value in self.special or isinstance(value, bool):
+            return
+        ok = ((self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
+              and (self.le is None or value <= self.le) and (self.lt is None or value < self.lt)
+              and (not self.even or value % 2 == 0))
+        if not ok:
+            raise ValueError(f"config field {where!r} must be {self.describe()}, got {value!r}")
+
+
+def ranged(default: Any, **rules: Any) -> Any:
+    """A dataclass field with a default and a `Range` (see the module docstring)."""
+    return dataclasses.field(default=default, metadata={"range": Range(**rules)})
+
+
+def check_ranges(config: Any, prefix: str = "") -> None:
+    """Check every `ranged` field of a (nested) config dataclass instance; ValueError naming the first bad one."""
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if "range" in field.metadata:
+            field.metadata["range"].check(value, prefix + field.name)
+        if dataclasses.is_dataclass(value):
+            check_ranges(value, f"{prefix}{field.name}.")
+
+
+def _did_you_mean(name: str, known: typing.Iterable[str], prefix: str = "") -> str:
+    """"; did you mean 'optim.lr'?" for the closest known field name, or ""."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f"; did you mean {prefix + close[0]!r}?" if close else ""
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -88,9 +143,12 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             raise ValueError(f"config field {where!r} must be a number, got {value!r}")
         try:
             # YAML 1.1 reads "3e-4" as a string; float() accepts it
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise ValueError(f"config field {where!r} must be a number, got {value!r}") from None
+        if not math.isfinite(number):
+            raise ValueError(f"config field {where!r} must be a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, (dict, list)) or value is None:
             raise ValueError(f"config field {where!r} must be a string, got {value!r}")
@@ -103,12 +161,15 @@ def _build(cls: type[T], data: dict, prefix: str = "") -> T:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in data:
         if key not in fields:
-            raise ValueError(f"unknown config field {prefix + str(key)!r}; known: {', '.join(fields)}")
+            hint = _did_you_mean(str(key), fields, prefix) or f"; known: {', '.join(fields)}"
+            raise ValueError(f"unknown config field {prefix + str(key)!r}{hint}")
     kwargs = {}
     for name, field in fields.items():
         where = prefix + name
         if name in data:
             kwargs[name] = _convert(data[name], hints[name], where)
+            if "range" in field.metadata:
+                field.metadata["range"].check(kwargs[name], where)
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             if dataclasses.is_dataclass(hints[name]):
                 # a section left out entirely: build it from its own defaults (missing required fields still fail)
@@ -159,7 +220,8 @@ def _check_path(schema: type, path: list[str]) -> None:
         if dataclasses.is_dataclass(tp):
             hints = _field_types(tp)
             if part not in hints:
-                raise ValueError(f"unknown config field {'.'.join(path[: i + 1])!r}")
+                hint = _did_you_mean(part, hints, "".join(p + "." for p in path[:i]))
+                raise ValueError(f"unknown config field {'.'.join(path[: i + 1])!r}{hint}")
             tp = hints[part]
         elif get_origin(tp) is dict:
             tp = get_args(tp)[1] if get_args(tp) else Any
@@ -170,7 +232,8 @@ def _check_path(schema: type, path: list[str]) -> None:
             if dataclasses.is_dataclass(tp):
                 hints = _field_types(tp)
                 if part not in hints:
-                    raise ValueError(f"unknown config field {'.'.join(path[: i + 1])!r}")
+                    hint = _did_you_mean(part, hints, "".join(p + "." for p in path[:i]))
+                    raise ValueError(f"unknown config field {'.'.join(path[: i + 1])!r}{hint}")
                 tp = hints[part]
         else:
             raise ValueError(f"config field {'.'.join(path[:i])!r} has no sub-field {part!r}")

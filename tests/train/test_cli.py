@@ -153,12 +153,13 @@ def test_resume_from_corrupt_or_mismatched_checkpoint(tmp_path, capsys):
     state = checkpoints / "step-000002" / "state.pt"
     state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
     before["step-000002"] = digest(checkpoints / "step-000002")
-    code, _, err = run_cli(capsys, "train", config, "--train.steps=4", "--resume")
+    code, _, err = run_cli(capsys, "train", config, "--train.steps=4", "--resume", "--allow-config-change")
     assert code == 2 and "is corrupt or truncated" in err and err.count("\n") == 1
     after = {name: digest(checkpoints / name) for name in ("step-000001", "step-000002")}
     assert after == before
     # the earlier good checkpoint still resumes
-    code, out, _ = run_cli(capsys, "train", config, "--train.steps=4", "--resume", checkpoints / "step-000001")
+    code, out, _ = run_cli(capsys, "train", config, "--train.steps=4", "--resume", checkpoints / "step-000001",
+                           "--allow-config-change")
     assert code == 0 and json.loads(out.strip().splitlines()[-1])["steps"] == 4
 
 

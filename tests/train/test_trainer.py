@@ -92,14 +92,14 @@ def test_crash_while_saving_keeps_previous_checkpoint(tmp_path, monkeypatch):
     real_save = torch.save
     calls = {"n": 0}
 
-    def crashing_save(obj, path, *args, **kwargs):
-        # write half a file for the second checkpoint's state, then die
-        if "step-000004" in str(path) and "state" in str(path):
-            with open(path, "wb") as handle:
-                handle.write(b"PK\x03\x04 truncated")
+    def crashing_save(obj, handle, *args, **kwargs):
+        # write half a file for the second checkpoint's state, then die (checkpoints save into an open temp file)
+        name = str(getattr(handle, "name", handle))
+        if "step-000004" in name and "state" in name:
+            handle.write(b"PK\x03\x04 truncated")
             raise OSError("disk full")
         calls["n"] += 1
-        return real_save(obj, path, *args, **kwargs)
+        return real_save(obj, handle, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", crashing_save)
     with pytest.raises(OSError, match="disk full"):

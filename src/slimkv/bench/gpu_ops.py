@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..io import atomic_write, atomic_write_text
+
 SCHEMA = "slimkv.bench.ops/1"
 # where inputs live; a CPU smoke run under TRITON_INTERPRET=1 sets "cpu" (timings still need CUDA)
 DEVICE = "cuda"
@@ -497,16 +499,12 @@ def plot(report: dict, path: Path) -> None:
         ax.legend(fontsize=8)
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
+    atomic_write(path, lambda handle: fig.savefig(handle, dpi=110, format="png"))
     plt.close(fig)
 
 
 def _write_json(report: dict, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=1, default=str))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(report, indent=1, default=str))
 
 
 def run(out_dir: str | os.PathLike, checks=True, timings=True, tuning=False, profile=True,

@@ -19,7 +19,6 @@ import os
 import platform
 import statistics
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Callable
 
 import torch
 
+from slimkv.io import atomic_write, atomic_write_text
 from slimkv.ops.gla import gla
 from slimkv.ops.gla.reference import gla_reference
 
@@ -271,30 +271,18 @@ def machine_header(device: str | torch.device = "cpu") -> dict:
     }
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def write_results(results: list[dict], json_path: str | Path | None, png_path: str | Path | None,
                   header: dict | None = None) -> None:
     """JSON {"header", "results"} and a PNG: tokens/s per backend for each shape, forward and forward+backward."""
     header = header if header is not None else machine_header(results[0].get("device", "cpu") if results else "cpu")
     if json_path is not None:
         payload = json.dumps({"header": header, "results": results}, indent=1)
-        _atomic_write(Path(json_path), lambda tmp: tmp.write_text(payload + "\n"))
+        atomic_write_text(json_path, payload + "\n")
     if png_path is not None:
-        _atomic_write(Path(png_path), lambda tmp: _plot(results, header, tmp))
+        atomic_write(png_path, lambda handle: _plot(results, header, handle))
 
 
-def _plot(results: list[dict], header: dict, path: Path) -> None:
+def _plot(results: list[dict], header: dict, path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")

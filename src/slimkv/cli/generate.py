@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
 
     import slimkv  # noqa: F401  (registers the Auto classes)
 
+    from ..device import resolve_device
     from ..models.memory import cache_nbytes
 
     model_dir = Path(args.model)
@@ -51,9 +52,10 @@ def run(args: argparse.Namespace) -> int:
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     if not prompt:
         raise ValueError("the prompt is empty")
+    device = resolve_device(args.device)
     tokenizer = find_tokenizer(model_dir, args.tokenizer)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(args.device).eval()
-    ids = tokenizer(prompt, return_tensors="pt").input_ids.to(args.device)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
+    ids = tokenizer(prompt, return_tensors="pt").input_ids.to(device)
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit and ids.shape[1] + args.max_new_tokens > limit:
         raise ValueError(f"prompt ({ids.shape[1]} tokens) + --max-new-tokens ({args.max_new_tokens}) exceeds the "

@@ -2,6 +2,11 @@
 
 Each command is a module `slimkv.cli.<name>` exposing `add_arguments(parser)` and `run(args) -> int | None`.
 Modules are imported only when their command runs, so `slimkv --help` stays fast.
+
+Failures a user can fix (`slimkv.errors.UserError`, a ValueError raised by slimkv itself, a full disk, a
+read-only or forbidden folder, a missing path, a corrupt .safetensors file) print one line and exit 2; anything
+else is a bug and keeps its traceback. `--debug` (anywhere on the line) or SLIMKV_DEBUG=1 shows the traceback of
+every failure.
 """
 from __future__ import annotations
 
@@ -9,6 +14,8 @@ import argparse
 import importlib
 import os
 import sys
+
+from ..errors import user_message
 
 # command name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -24,12 +31,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-class CliError(Exception):
-    """A user mistake: printed as one line, exit code 2."""
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="slimkv", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="slimkv", description=__doc__.splitlines()[0],
+                                     epilog="--debug (anywhere): show the full traceback of any failure")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_) in COMMANDS.items():
         sub.add_parser(name, help=help_, add_help=False)
@@ -42,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     # transformers' per-tensor "Loading weights" bar is noise next to our own progress bars
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    argv = sys.argv[1:] if argv is None else argv
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("SLIMKV_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         parser = build_parser()
         if argv and argv[0] not in ("-h", "--help"):
@@ -58,10 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv[1:])
     try:
         code = module.run(args)
-    except (CliError, ValueError, FileNotFoundError, KeyError) as err:
-        msg = str(err).strip().strip('"') or type(err).__name__
-        print(f"slimkv {name}: error: {msg.splitlines()[0] if len(msg.splitlines()) == 1 else ' '.join(msg.split())}",
-              file=sys.stderr)
+    except Exception as err:
+        message = None if debug else user_message(err)
+        if message is None:
+            raise
+        print(f"slimkv {name}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"slimkv {name}: interrupted", file=sys.stderr)

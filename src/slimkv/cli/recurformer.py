@@ -22,7 +22,10 @@ def _add_profile(sub) -> None:
 def _add_convert(sub) -> None:
     p = sub.add_parser("convert", help="replace recency-aware KV units with recurrent heads")
     p.add_argument("--model", required=True, help="HF model folder (Llama, Qwen2 or Mistral family)")
-    p.add_argument("--out", required=True, help="output folder (loads with from_pretrained after `import slimkv`)")
+    p.add_argument("--out", required=True, help="output folder (loads with from_pretrained after `import slimkv`): "
+                                                "new, empty, or an earlier output of this command")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a non-empty --out this command did not write (only once the new output is complete)")
     rule = p.add_mutually_exclusive_group(required=True)
     rule.add_argument("--ratio", type=float, help="fraction of KV units to replace, in [0, 1)")
     rule.add_argument("--threshold", type=float, help="replace every unit with RR >= this")
@@ -48,7 +51,10 @@ def _add_train(sub) -> None:
     p = sub.add_parser("train", help="Stage A (branch alignment) and Stage B (continual training), or --control")
     p.add_argument("--model", required=True, help="a converted folder, or the original one with --control")
     p.add_argument("--teacher", help="the original model folder (Stage A and KL; default: conversion.json's source)")
-    p.add_argument("--out", required=True, help="output folder for the trained model")
+    p.add_argument("--out", required=True, help="output folder for the trained model (new, empty, or an earlier "
+                                                "output of this command)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a non-empty --out this command did not write (only once the new output is complete)")
     p.add_argument("--stage", choices=("A", "B", "AB"), default="AB")
     p.add_argument("--control", action="store_true", help="train the unconverted model with the Stage B recipe")
     p.add_argument("--data", help="training text (default: data/corpus/train.txt, else the Shakespeare fallback)")

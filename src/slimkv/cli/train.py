@@ -1,4 +1,4 @@
-"""`slimkv train CONFIG [--section.field=value ...] [--resume [PATH]]`
+"""`slimkv train CONFIG [--section.field=value ...] [--resume [PATH]] [--allow-config-change]`
 
 Runs the same way on one CPU, one GPU, or N GPUs under `torchrun --nproc_per_node=N -m slimkv.cli.main train ...`
 (with --train.parallel=ddp or fsdp). Ctrl-C saves a checkpoint and exits 130; a NaN loss exits 2.
@@ -16,6 +16,9 @@ from ..train.trainer import Trainer, TrainingInterrupted
 def _add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", nargs="?", const=True, default=None, metavar="PATH",
                         help="continue from the latest checkpoint of this run, or from PATH (run or checkpoint dir)")
+    parser.add_argument("--allow-config-change", action="store_true",
+                        help="with --resume: continue even though data or schedule settings (data.*, optim.*, "
+                             "train.steps) differ from the checkpoint's")
     parser.add_argument("--json", default=None, metavar="PATH", help="write a summary of the run as JSON")
     parser.add_argument("--count-params", action="store_true",
                         help="print the parameter counts of rodimus, rodimus_plus and llama for this config and exit")
@@ -38,6 +41,7 @@ def _split_overrides(args: argparse.Namespace) -> list[str]:
     args.resume = late.resume if late.resume is not None else args.resume
     args.json = late.json or args.json
     args.count_params = late.count_params or args.count_params
+    args.allow_config_change = late.allow_config_change or args.allow_config_change
     for item in rest:
         if not item.startswith("--") or "=" not in item:
             raise ValueError(f"unrecognised argument {item!r}; config overrides look like --section.field=value")
@@ -70,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     if args.count_params:
         print(json.dumps(count_params(config), indent=2))
         return 0
-    trainer = Trainer(config, resume=args.resume)
+    trainer = Trainer(config, resume=args.resume, allow_config_change=args.allow_config_change)
     try:
         result = trainer.fit()
     except TrainingInterrupted as stop:
@@ -85,11 +89,7 @@ def run(args: argparse.Namespace) -> int:
     if trainer.is_main:
         print(json.dumps(summary))
         if args.json:
-            from pathlib import Path
+            from ..io import atomic_write_text
 
-            from ..train.checkpoint import write_text_atomic
-
-            path = Path(args.json)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(path, json.dumps(summary, indent=2) + "\n")
+            atomic_write_text(args.json, json.dumps(summary, indent=2) + "\n")
     return 0

@@ -1,20 +1,21 @@
 """Official Rodimus checkpoints (codefuse-ai/rodimus layout, shared/spec/rodimus.md section 5) <-> slimkv.
 
 Every conversion is an explicit key map; loading never executes code from a checkpoint (weights_only=True,
-safetensors), and outputs are written to a temporary folder that is renamed into place only when complete.
+safetensors). Outputs are built in a hidden sibling folder and swapped into place only when complete
+(`slimkv.io.output_folder`): a non-empty destination that is not an earlier output of the same conversion is refused
+unless `overwrite=True`, and the working folder, the source or a folder holding it never are destinations.
 """
 from __future__ import annotations
 
 import json
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..io import check_output_folder, output_folder
 from ..models.configuration import BLOCK_TYPES, RodimusConfig
 
 # official key -> slimkv key; "{}" is the layer index
@@ -197,18 +198,6 @@ def remap(state_dict: dict[str, torch.Tensor], table: dict[str, str], expected_s
     return out
 
 
-def _atomic_folder(dst: Path):
-    """A temporary sibling of dst; the caller fills it and then `_commit` renames it into place."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
-
-
-def _commit(tmp: Path, dst: Path) -> None:
-    if dst.exists():
-        shutil.rmtree(dst)
-    os.replace(tmp, dst)
-
-
 def _slimkv_shapes(config: RodimusConfig) -> dict[str, tuple]:
     from ..models.modeling import RodimusForCausalLM
 
@@ -217,11 +206,14 @@ def _slimkv_shapes(config: RodimusConfig) -> dict[str, tuple]:
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
-def official_to_slimkv(src: str | os.PathLike, dst: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
+def official_to_slimkv(src: str | os.PathLike, dst: str | os.PathLike, dtype: torch.dtype | None = None, *,
+                       overwrite: bool = False) -> Path:
     """Read an official folder (config.json + weights) and write a slimkv `save_pretrained` folder at dst."""
     src, dst = Path(src), Path(dst)
     if not src.is_dir():
         raise FileNotFoundError(f"source folder {src} does not exist")
+    guard = dict(command="convert official", overwrite=overwrite, sources=[src])
+    check_output_folder(dst, **guard)
     config = config_from_official(_read_config(src))
     sd = read_weights(src)
     if config.tie_word_embeddings and "lm_head.weight" in sd:
@@ -234,24 +226,22 @@ def official_to_slimkv(src: str | os.PathLike, dst: str | os.PathLike, dtype: to
         weights["lm_head.weight"] = weights["model.embed_tokens.weight"]
     if dtype is not None:
         weights = {k: v.to(dtype) for k, v in weights.items()}
-    tmp = _atomic_folder(dst)
-    try:
+    with output_folder(dst, **guard) as tmp:
         config.save_pretrained(tmp)
         # store once; tied heads share the embedding tensor
         save_file({k: v.contiguous() for k, v in weights.items()
                    if not (config.tie_word_embeddings and k == "lm_head.weight")},
                   str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        _commit(tmp, dst)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return dst
 
 
-def slimkv_to_official(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+def slimkv_to_official(src: str | os.PathLike, dst: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """Write a slimkv folder back in the official layout (config.json + model.safetensors)."""
     src, dst = Path(src), Path(dst)
     if not src.is_dir():
         raise FileNotFoundError(f"source folder {src} does not exist")
+    guard = dict(command="convert to-official", overwrite=overwrite, sources=[src])
+    check_output_folder(dst, **guard)
     raw = _read_config(src)
     if raw.get("model_type") != RodimusConfig.model_type:
         raise ValueError(f"{src} is not a slimkv Rodimus checkpoint (model_type {raw.get('model_type')!r})")
@@ -262,12 +252,8 @@ def slimkv_to_official(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     inverse = {v: k for k, v in key_map(config).items()}
     shapes = _slimkv_shapes(config)
     official = remap(sd, inverse, {v: shapes[k] for k, v in inverse.items()}, f"slimkv checkpoint {src}")
-    tmp = _atomic_folder(dst)
-    try:
+    with output_folder(dst, **guard) as tmp:
         (tmp / "config.json").write_text(json.dumps(config_to_official(config), indent=2) + "\n")
         save_file({k: v.contiguous() for k, v in official.items()}, str(tmp / "model.safetensors"),
                   metadata={"format": "pt"})
-        _commit(tmp, dst)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return dst

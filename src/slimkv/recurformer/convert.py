@@ -12,13 +12,12 @@ import json
 import math
 import os
 import random
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ..io import check_output_folder, output_folder
 from .families import attention_geometry, check_family
 from .modeling import RecurFormerConfig, RecurFormerForCausalLM
 
@@ -216,24 +215,21 @@ def cache_report(source_model, converted, lengths=CACHE_LENGTHS) -> dict:
     return report
 
 
-def save_converted(model, tokenizer, out_dir: str | os.PathLike, conversion: dict) -> Path:
-    """save_pretrained (safetensors) + tokenizer + conversion.json, written to a temp folder then renamed."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    tmp.chmod(0o755)
-    try:
+def save_converted(model, tokenizer, out_dir: str | os.PathLike, conversion: dict | None, *,
+                   command: str = "recurformer convert", overwrite: bool = False,
+                   sources: tuple[str | os.PathLike, ...] = (), extra_json: dict[str, dict] | None = None) -> Path:
+    """save_pretrained (safetensors) + tokenizer + conversion.json (+ `extra_json` files), built beside `out_dir`
+    and swapped into place when complete; `out_dir` is guarded as `slimkv.io.output_folder` describes."""
+    with output_folder(out_dir, command=command, overwrite=overwrite, sources=sources) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        (tmp / "conversion.json").write_text(json.dumps(conversion, indent=1) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
+        records = dict(extra_json or {})
+        if conversion is not None:
+            records["conversion.json"] = conversion
+        for name, record in records.items():
+            (tmp / name).write_text(json.dumps(record, indent=1) + "\n")
+    return Path(out_dir)
 
 
 def conversion_record(source_path, converted, scores, replaced, args_dict, source_model) -> dict:
@@ -265,6 +261,9 @@ def convert_cli(args) -> int:
 
     if not Path(args.model, "config.json").is_file():
         raise FileNotFoundError(f"no HF model folder at {args.model} (config.json missing)")
+    # refuse a protected --out now, not after the profile and the conversion
+    guard = dict(command="recurformer convert", overwrite=getattr(args, "overwrite", False), sources=(args.model,))
+    check_output_folder(args.out, **guard)
     config = AutoConfig.from_pretrained(args.model)
     check_family(config)
     if args.ratio is not None and not (0.0 <= args.ratio < 1.0):
@@ -296,7 +295,7 @@ def convert_cli(args) -> int:
         "select": args.select, "seed": args.seed, "ratio": args.ratio, "threshold": args.threshold,
         "window_k": args.window, "mixer_kwargs": mixer_kwargs,
     }, source)
-    save_converted(converted, tokenizer, args.out, record)
+    save_converted(converted, tokenizer, args.out, record, **guard)
     c4k = record["cache_bytes"]["4096"]
     print(f"replaced {record['num_replaced']}/{record['num_units']} KV units with {args.mixer} branches; "
           f"cache at 4K tokens {c4k['original'] / 2**20:.1f} MiB -> {c4k['converted'] / 2**20:.1f} MiB "

@@ -14,12 +14,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
+from ..io import atomic_write, atomic_write_text
 from .families import attention_geometry, check_family
 
 DEFAULT_WINDOWS = (8, 16, 32, 64, 128)
@@ -225,18 +224,8 @@ def format_table(profile: RecencyProfile) -> str:
     return "\n".join(lines)
 
 
-def _atomic_path(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
-
-
 def write_json(data: dict, path: str | os.PathLike) -> None:
-    path = Path(path)
-    tmp = _atomic_path(path)
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=1) + "\n")
 
 
 def plot_heatmap(profile: RecencyProfile, path: str | os.PathLike) -> None:
@@ -266,11 +255,8 @@ def plot_heatmap(profile: RecencyProfile, path: str | os.PathLike) -> None:
     fig.colorbar(im, ax=axes, shrink=0.8, label=f"recency ratio RR(k={w})")
     fig.suptitle(f"{profile.model or profile.family}: attention mass on the last {w}+1 keys "
                  f"({profile.num_sequences} x {profile.seq_len} tokens)", fontsize=9)
-    path = Path(path)
-    tmp = _atomic_path(path)
-    fig.savefig(tmp, dpi=110, format="png")
+    atomic_write(path, lambda handle: fig.savefig(handle, dpi=110, format="png"))
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def mean_unit_rr(profile: RecencyProfile) -> float:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from ..io import atomic_write, atomic_write_text
+
 VARIANTS = (
     # name, mixer, selection
     ("mamba2", "mamba2", "recency"),
@@ -80,7 +82,7 @@ def plot(results: dict, path: Path) -> None:
     ax.set_yscale("log")
     ax.set_title("SmolLM2-135M: RecurFormer variants at ratio 0.5 (CPU budget run)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda handle: fig.savefig(handle, dpi=110, format="png"))
     plt.close(fig)
 
 
@@ -163,8 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"evaluating {name} ({folder}) ...", flush=True)
         hashhop_n = 0 if "step 0" in name else args.hashhop
         results["rows"][name] = evaluate_folder(Path(folder), ids, args.eval_seq_len, hashhop_n)
-        results_path.write_text(json.dumps(results, indent=1) + "\n")
-    (out / "results.md").write_text(table(results) + "\n")
+        atomic_write_text(results_path, json.dumps(results, indent=1) + "\n")
+    atomic_write_text(out / "results.md", table(results) + "\n")
     plot(results, out / "results.png")
     print(table(results))
     return 0

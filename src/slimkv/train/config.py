@@ -1,7 +1,8 @@
 """The run config of `slimkv train`: six sections (model / data / optim / train / eval / log) of typed dataclasses.
 
 Load with `load_run_config("configs/tiny.yaml", ["--optim.lr=3e-4"])`; every field can be overridden with
-`--section.field=value`. Each field's comment (the line above it) is its documentation.
+`--section.field=value`. Each field's comment (the line above it) is its documentation; every numeric field
+declares its range (`ranged(default, ge=...)`, checked with the field named, before anything is written).
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..config import config_from_dict, load_config
+from ..config import check_ranges, config_from_dict, load_config, ranged
 
 
 @dataclass
@@ -19,31 +20,31 @@ class ModelConfig:
     # or a Llama-style Transformer baseline (transformers.LlamaForCausalLM)
     arch: Literal["rodimus", "rodimus_plus", "llama"] = "rodimus_plus"
     # token vocabulary; 0 = take it from the data's tokenizer
-    vocab_size: int = 0
+    vocab_size: int = ranged(0, ge=1, special=(0,))
     # model width d
-    hidden_size: int = 256
+    hidden_size: int = ranged(256, ge=1)
     # number of layers; 0 = look the arch up in layers_by_arch (so presets keep sizes matched per arch)
-    num_hidden_layers: int = 0
+    num_hidden_layers: int = ranged(0, ge=1, special=(0,))
     # layers per arch when num_hidden_layers is 0, e.g. {rodimus: 4, rodimus_plus: 2, llama: 2}
     layers_by_arch: dict[str, int] = field(default_factory=dict)
     # Rodimus recurrent state rows m ("expansion factor n" in the paper)
-    mem_size: int = 64
+    mem_size: int = ranged(64, ge=1)
     # Rodimus inner width e = expand_ratio * d
-    expand_ratio: float = 2.0
+    expand_ratio: float = ranged(2.0, gt=0)
     # attention heads (Rodimus+ SW-SKA query heads, Llama heads); 0 = d / 128 for rodimus_plus, d / 64 for llama
-    num_heads: int = 0
+    num_heads: int = ranged(0, ge=1, special=(0,))
     # Llama key/value heads; 0 = num_heads (plain multi-head attention)
-    num_key_value_heads: int = 0
+    num_key_value_heads: int = ranged(0, ge=1, special=(0,))
     # Rodimus+ attention window W (official semantics: each query sees the previous W/2 tokens)
-    window_size: int = 4096
+    window_size: int = ranged(4096, ge=2, even=True)
     # Llama FFN width; 0 = 8/3 d rounded up to a multiple of 64
-    intermediate_size: int = 0
+    intermediate_size: int = ranged(0, ge=1, special=(0,))
     # position limit; training seq_len and evaluation windows must not exceed it
-    max_position_embeddings: int = 2048
+    max_position_embeddings: int = ranged(2048, ge=1)
     # share the embedding with the LM head
     tie_word_embeddings: bool = True
     # std of the normal init of linear and embedding weights
-    initializer_range: float = 0.02
+    initializer_range: float = ranged(0.02, ge=0)
     # any further Hugging Face config fields, passed through unchanged
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -62,16 +63,16 @@ class DataConfig:
     # data directory; "" = $SLIMKV_DATA or ./data
     data_dir: str = ""
     # tokens per training sequence (the model sees seq_len tokens and predicts seq_len targets)
-    seq_len: int = 256
+    seq_len: int = ranged(256, ge=1)
     # tokenizer vocabulary size (byte-level BPE trained on the training split)
-    tokenizer_vocab_size: int = 8192
+    tokenizer_vocab_size: int = ranged(8192, ge=2)
     # a tokenizer.json or Hugging Face folder to use instead of training one ("" = train a BPE)
     tokenizer: str = ""
     # synthetic source only: number of tokens in the synthetic stream and its vocabulary
-    synthetic_tokens: int = 1_000_000
-    synthetic_vocab_size: int = 512
+    synthetic_tokens: int = ranged(1_000_000, ge=2)
+    synthetic_vocab_size: int = ranged(512, ge=2)
     # seed of the data order (kept separate from train.seed so model init and data order vary independently)
-    seed: int = 1234
+    seed: int = ranged(1234, ge=0)
 
     def resolved_data_dir(self) -> str:
         return self.data_dir or os.environ.get("SLIMKV_DATA", "data")
@@ -80,18 +81,18 @@ class DataConfig:
 @dataclass
 class OptimConfig:
     # peak learning rate (reached after warmup)
-    lr: float = 1e-3
+    lr: float = ranged(1e-3, gt=0)
     # AdamW betas (the paper's 0.9 / 0.95)
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
+    beta1: float = ranged(0.9, ge=0, lt=1)
+    beta2: float = ranged(0.95, ge=0, lt=1)
+    eps: float = ranged(1e-8, gt=0)
     # decoupled weight decay; biases, norm weights, Rodimus D and the untied embedding get none
-    weight_decay: float = 0.1
+    weight_decay: float = ranged(0.1, ge=0)
     # linear warmup steps, then cosine decay to min_lr_ratio * lr at train.steps
-    warmup_steps: int = 100
-    min_lr_ratio: float = 0.1
+    warmup_steps: int = ranged(100, ge=0)
+    min_lr_ratio: float = ranged(0.1, ge=0, le=1)
     # clip the global gradient norm to this; 0 = no clipping
-    grad_clip: float = 1.0
+    grad_clip: float = ranged(1.0, ge=0)
 
 
 @dataclass
@@ -100,12 +101,12 @@ class TrainSection:
     name: str = "run"
     out_dir: str = "runs"
     # optimizer steps
-    steps: int = 1000
+    steps: int = ranged(1000, ge=1)
     # sequences per optimizer step, over all ranks and accumulation steps together
-    batch_size: int = 32
+    batch_size: int = ranged(32, ge=1)
     # sequences per forward pass on one rank; accumulation = batch_size / (micro_batch_size * world size)
-    micro_batch_size: int = 8
-    seed: int = 0
+    micro_batch_size: int = ranged(8, ge=1)
+    seed: int = ranged(0, ge=0)
     # "auto" = cuda if available else cpu
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # "auto" = bf16 autocast on CUDA, float32 on CPU
@@ -117,28 +118,28 @@ class TrainSection:
     # torch.compile each block
     compile: bool = False
     # stop cleanly (eval, checkpoint, export) after this many seconds of wall time; 0 = no limit
-    max_seconds: float = 0.0
-    # save a checkpoint every N steps (0 = only at the end); the last keep_checkpoints are kept
-    checkpoint_every: int = 200
-    keep_checkpoints: int = 2
+    max_seconds: float = ranged(0.0, ge=0)
+    # save a checkpoint every N steps (0 = only at the end); the last keep_checkpoints are kept (0 = all)
+    checkpoint_every: int = ranged(200, ge=0)
+    keep_checkpoints: int = ranged(2, ge=0)
     # export a Hugging Face folder (save_pretrained + tokenizer) to <run>/model at the end
     export_model: bool = True
     # testing aid: make the loss NaN at this step (-1 = off) to exercise the divergence guard
-    debug_nan_at_step: int = -1
+    debug_nan_at_step: int = ranged(-1, ge=0, special=(-1,))
 
 
 @dataclass
 class EvalConfig:
     # held-out perplexity every N steps (0 = only at the end); -1 = never
-    every: int = 200
+    every: int = ranged(200, ge=0, special=(-1,))
     # held-out batches (of train.batch_size sequences each) per evaluation; 0 = the whole split
-    max_batches: int = 16
+    max_batches: int = ranged(16, ge=0)
 
 
 @dataclass
 class LogConfig:
     # log training metrics every N steps
-    every: int = 10
+    every: int = ranged(10, ge=1)
     # metrics.jsonl in the run directory
     jsonl: bool = True
     # TensorBoard event files in <run>/tb
@@ -171,24 +172,26 @@ def run_config_from_dict(data: dict, overrides: typing.Sequence[str] = ()) -> Ru
 
 
 def validate(config: RunConfig) -> None:
-    """Rules that span fields; each failure names the field in one line."""
+    """Every field's range, then the rules that span fields; each failure names the field in one line."""
+    check_ranges(config)
     model, data, train = config.model, config.data, config.train
+    for arch, layers in model.layers_by_arch.items():
+        if layers < 1:
+            raise ValueError(f"config field 'model.layers_by_arch.{arch}' must be >= 1, got {layers}")
     model.resolved_num_layers()
-    positive = {
-        "model.hidden_size": model.hidden_size, "data.seq_len": data.seq_len, "train.steps": train.steps,
-        "train.batch_size": train.batch_size, "train.micro_batch_size": train.micro_batch_size,
-        "optim.lr": config.optim.lr, "model.max_position_embeddings": model.max_position_embeddings,
-    }
-    for name, value in positive.items():
-        if value <= 0:
-            raise ValueError(f"config field {name!r} must be positive, got {value}")
+    if model.num_heads and model.arch != "rodimus" and model.hidden_size % model.num_heads:
+        raise ValueError(f"config field 'model.num_heads' ({model.num_heads}) must divide 'model.hidden_size' "
+                         f"({model.hidden_size})")
+    if model.arch == "llama" and model.num_heads and model.num_key_value_heads \
+            and model.num_heads % model.num_key_value_heads:
+        raise ValueError(f"config field 'model.num_key_value_heads' ({model.num_key_value_heads}) must divide "
+                         f"'model.num_heads' ({model.num_heads})")
+    if data.source == "synthetic" and data.synthetic_tokens < data.seq_len + 1:
+        raise ValueError(f"config field 'data.synthetic_tokens' ({data.synthetic_tokens}) must be at least "
+                         f"'data.seq_len' + 1 ({data.seq_len + 1})")
     if data.seq_len > model.max_position_embeddings:
         raise ValueError(f"config field 'data.seq_len' ({data.seq_len}) exceeds the model's position limit "
                          f"'model.max_position_embeddings' ({model.max_position_embeddings})")
     if train.batch_size % train.micro_batch_size:
         raise ValueError(f"config field 'train.batch_size' ({train.batch_size}) must be a multiple of "
                          f"'train.micro_batch_size' ({train.micro_batch_size})")
-    if config.optim.warmup_steps < 0:
-        raise ValueError("config field 'optim.warmup_steps' must be >= 0")
-    if not 0.0 <= config.optim.min_lr_ratio <= 1.0:
-        raise ValueError("config field 'optim.min_lr_ratio' must be within [0, 1]")
