@@ -349,6 +349,10 @@ def bench_model(kind: str, cfg: DecodeBenchConfig, device, max_pos: int, report:
     if kind != "llama":
         warm_ids = torch.randint(0, vocab, (1, min(contexts)), device=device)
         result["first_call_warmup_s"] = _timed(lambda: _generate(model, warm_ids, 8), device)
+        if device.type == "cuda":
+            # the same loop without CUDA graphs, for what the graphs are worth
+            result["eager"] = {"context": min(contexts), **_attempt(lambda: decode_ms_per_token(
+                model, warm_ids, 32, 2, lambda: {"decode": "eager"}))}
     for path in paths:
         rows = result.setdefault(path, [])
         for ctx in contexts:
