@@ -3,6 +3,7 @@
     slimkv bench ops                                  # gla backends on CPU, small shapes
     slimkv bench ops --device cuda --shapes mamba2 --backends chunked triton --json out.json
     slimkv bench kernels --out benchmarks/results/h100   # GPU: check every Triton kernel, time vs fla (if installed)
+    slimkv bench train --out $OUT                        # GPU: training throughput (options: slimkv/cli/bench_train.py)
 """
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import torch
 
 # what -> one-line help; each `what` has its own run function below
 BENCHMARKS = {"ops": "gla backends: tokens/s forward and forward+backward, plus error vs the float64 spec",
-              "kernels": "GPU only: correctness of every Triton kernel vs float64, timings vs floors and the fla peer"}
+              "kernels": "GPU only: correctness of every Triton kernel vs float64, timings vs floors and the fla peer",
+              "train": "GPU only: training tokens/s, memory, MFU and kernel breakdown of Rodimus, Rodimus+ and a "
+                       "matched Llama; --check: the fused kernels against their specs"}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
 
@@ -30,17 +33,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--json", default=None, help="default benchmarks/results/gla_<device>_<date>.json")
     parser.add_argument("--png", default=None, help="default benchmarks/results/gla_<device>_<date>.png")
-    parser.add_argument("--out", default="benchmarks/results", help="kernels: output folder (gla_gpu.json/.png)")
-    parser.add_argument("--budget", type=float, default=480.0, help="kernels: seconds before later sections are cut")
+    parser.add_argument("--out", default="benchmarks/results",
+                        help="kernels, train: output folder (gla_gpu.json/.png, train_bench.json/.png)")
+    parser.add_argument("--budget", type=float, default=None,
+                        help="kernels, train: seconds before later sections are cut (default 480 and 300)")
+    from slimkv.cli.bench_train import add_arguments as add_train_arguments
+
+    add_train_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.what == "train":
+        from slimkv.cli.bench_train import run as run_train
+
+        return run_train(args)
     if args.what == "kernels":
         if not torch.cuda.is_available():
             raise ValueError("slimkv bench kernels needs a CUDA GPU")
         from slimkv.bench.gpu_ops import run as run_kernels
 
-        run_kernels(args.out, budget_s=args.budget)
+        run_kernels(args.out, budget_s=args.budget if args.budget is not None else 480.0)
         return 0
     from tqdm import tqdm
 
