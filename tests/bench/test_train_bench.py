@@ -134,8 +134,8 @@ def test_table_and_plot_from_a_report():
 def test_on_device_checker_passes_on_tiny_shapes():
     lines = []
     results = fused_checks.run_checks("tiny", log=lines.append)
-    assert len(results) == 18 and all(r["passed"] for r in results), [r for r in results if not r["passed"]]
-    assert sum(line.endswith(" ok") for line in lines) == 18
+    assert len(results) == 20 and all(r["passed"] for r in results), [r for r in results if not r["passed"]]
+    assert sum(line.endswith(" ok") for line in lines) == 20
     # a wrong "fast path" is caught: here it drops a factor of 2 against its spec
     def doubled(u, backend):
         return u[:, :3] * (1.0 if backend == "triton" else 2.0)
@@ -170,3 +170,17 @@ def test_cli_without_a_gpu_is_one_line_and_exit_2(capsys):
     assert main(["bench", "train", "--check"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["slimkv bench: error: slimkv bench train needs a CUDA GPU"]
+
+
+def test_gla_bytes_against_the_floor_at_the_rodimus_shape():
+    # docs/kernels.md "GLA: the folded backward": 1.59x the floor forward, 2.07x forward + backward
+    from slimkv.bench.gpu_ops import Shape, floors, gla_design_bytes
+
+    ceilings = {"copy_bytes_per_s": 4e12, "bf16_flop_per_s": 7.8e14}
+    for mode, ratio in (("fwd", 1.59), ("fwd_bwd", 2.07)):
+        design = gla_design_bytes(8, 2048, 1, 64, 4096, 2, mode)
+        floor = floors(Shape("rodimus", 8, 2048, 1, 64, 4096, "channel"), torch.bfloat16, mode, ceilings)
+        assert sum(design["stages"].values()) == design["total"]
+        assert design["total"] / floor["bytes"] == pytest.approx(ratio, abs=0.005)
+    # the states h and dh dominate: each as large as v at K = C = 64
+    assert gla_design_bytes(8, 2048, 1, 64, 4096, 2, "fwd_bwd")["stages"]["qk_grad"] > 4 * 8 * 2048 * 4096 * 2

@@ -80,6 +80,10 @@ def _norm_checks(s, device, dtype, gen):
                  lambda x, r, w, backend: add_rms_norm(x, r, w, 1e-5, backend=backend), [x, res, w_d]),
         _compare("gated_rms_norm", dtype, f"[{N}, {e}], strided gate",
                  lambda x, z, w, backend: gated_rms_norm(x, z, w, 1e-5, backend=backend), [o, z, w_e]),
+        _compare("gated_rms_norm + skip", dtype, f"[{N}, {e}], o + D x~",
+                 lambda x, z, xs, D, w, backend: gated_rms_norm(x, z, w, 1e-5, skip=xs, skip_scale=D, backend=backend),
+                 [o, z, torch.randn(N, e, device=device, generator=gen).to(dtype),
+                  torch.randn(e, device=device, generator=gen), w_e]),
     ]
 
 
@@ -165,6 +169,8 @@ def _graph_checks(s, device, gen) -> list[dict]:
         "rms_norm": (lambda x: rms_norm(x, w_d, out_dtype=bf), [rand(B, d)]),
         "add_rms_norm": (lambda x, r: add_rms_norm(x, r, w_d, out_dtype=bf), [rand(B, d, dtype=bf), rand(B, d)]),
         "gated_rms_norm": (lambda x, z: gated_rms_norm(x, z, w_e, out_dtype=bf), [rand(B, e), rand(B, e, dtype=bf)]),
+        "gated_rms_norm + skip": (lambda x, z, xs: gated_rms_norm(x, z, w_e, out_dtype=bf, skip=xs, skip_scale=w_e),
+                                  [rand(B, e, dtype=bf), rand(B, e, dtype=bf), rand(B, e, dtype=bf)]),
         "ddts_gates": (lambda gt, k: ddts_gates(gt, k, out_dtype=bf), [rand(B, 2 * m), rand(B, m, dtype=bf)]),
         "causal_conv1d_silu": (lambda x, st: causal_conv1d_silu(x, w_conv, w_e, st, output_final_state=True),
                                [rand(B, 1, e, dtype=bf), rand(B, e, 3, dtype=bf)]),
@@ -323,6 +329,10 @@ def run_op_timings(bandwidth: float, log: Callable[[str], None] = print, batch: 
          lambda x, r, w, backend: add_rms_norm(x, r, w, out_dtype=bf, backend=backend), N * d * 12, N * d * 16),
         ("gated_rms_norm (fp32 o, bf16 z)", lambda: [leaf(N, e), leaf(N, e, dtype=bf), leaf(e)],
          lambda x, z, w, backend: gated_rms_norm(x, z, w, out_dtype=bf, backend=backend), N * e * 8, N * e * 14),
+        ("gated_rms_norm + D skip (bf16 o, x~, z)",
+         lambda: [leaf(N, e, dtype=bf), leaf(N, e, dtype=bf), leaf(N, e, dtype=bf), leaf(e), leaf(e)],
+         lambda x, z, xs, D, w, backend: gated_rms_norm(x, z, w, out_dtype=bf, skip=xs, skip_scale=D,
+                                                        backend=backend), N * e * 8, N * e * 14),
         ("ddts_gates", lambda: [leaf(N, 2 * m), leaf(N, m, dtype=bf)],
          lambda gt, k, backend: ddts_gates(gt, k, out_dtype=bf, backend=backend), N * m * 16, N * m * 26),
         ("causal_conv1d_silu (K 4)", lambda: [leaf(batch, T, e, dtype=bf), leaf(e, 4), leaf(e)],
@@ -355,28 +365,8 @@ def run_op_timings(bandwidth: float, log: Callable[[str], None] = print, batch: 
     return rows
 
 
-def gla_design_bytes(B: int, T: int, H: int, K: int, V: int, elem: int, mode: str, head_decay: bool = False) -> dict:
-    """Bytes the ops/gla/triton kernels read and write (each tensor counted once per kernel; re-reads of the same
-    chunk by other V-tile programs are assumed to hit L2), per stage, with C = 64."""
-    N, NC = B * T, B * math.ceil(T / 64)
-    g = N * H * (1 if head_decay else K) * 4
-    qk, vv = N * H * K * elem, N * H * V * elem
-    A, h = NC * H * 64 * 64 * 4, NC * H * K * V * elem
-    stages = {
-        "prep": 2 * qk + g + g + 2 * qk,
-        "intra": 2 * qk + g + A,
-        "state_fwd": 2 * qk + A + vv + vv + h,
-    }
-    if mode == "fwd_bwd":
-        stages["state_grad"] = 2 * qk + A + vv + vv + h
-        stages["qk_grad"] = 2 * qk + vv + qk + g + h + h + vv + (2 * qk if head_decay else 2 * N * H * K * 4 + A)
-        if not head_decay:
-            stages["intra_grad"] = 2 * qk + g + A + 2 * N * H * K * 4 + 2 * qk + g
-    return {"stages": stages, "total": sum(stages.values())}
-
-
 def _gla_timings(batch: int, bandwidth: float, log) -> list[dict]:
-    from .gpu_ops import Shape, floors, time_one
+    from .gpu_ops import Shape, floors, gla_design_bytes, time_one
 
     shape = Shape("rodimus", batch, 2048, 1, 64, 4096, "channel")
     ceilings = {"copy_bytes_per_s": bandwidth, "bf16_flop_per_s": float("inf")}
@@ -415,4 +405,4 @@ def matmul_rate() -> float:
     return 2 * 8192**3 / (ms * 1e-3)
 
 
-__all__ = ["run_checks", "run_op_timings", "gla_design_bytes", "copy_bandwidth", "matmul_rate", "format_check"]
+__all__ = ["run_checks", "run_op_timings", "copy_bandwidth", "matmul_rate", "format_check"]
