@@ -204,15 +204,18 @@ def _graph_checks(s, device, gen) -> list[dict]:
     return out
 
 
-def _gla_checks(dtypes) -> list[dict]:
+def _gla_checks() -> list[dict]:
     """The GLA op with the folded backward (ops/gla/triton): the checks of `slimkv bench kernels`, Rodimus shapes."""
     from .gpu_ops import Shape, check_one
 
-    out = []
-    for dtype in dtypes:
-        out.append(check_one(Shape("rodimus", 2, 2048, 1, 64, 4096, "channel"), dtype))
-        out.append(check_one(Shape("rodimus-strong", 2, 1024, 1, 64, 512, "channel"), dtype, strong_decay=True))
-        out.append(check_one(Shape("mamba2", 2, 2048, 32, 64, 64, "head"), dtype))
+    bf, f32 = torch.bfloat16, torch.float32
+    # both decay kinds (each has its own folded decay gradient), strong decays, both dtypes; the full set is
+    # `slimkv bench kernels`
+    out = [check_one(Shape("rodimus", 2, 2048, 1, 64, 4096, "channel"), bf),
+           check_one(Shape("rodimus", 2, 2048, 1, 64, 4096, "channel"), f32),
+           check_one(Shape("rodimus-strong", 2, 1024, 1, 64, 512, "channel"), bf, strong_decay=True),
+           check_one(Shape("mamba2", 2, 2048, 32, 64, 64, "head"), bf),
+           check_one(Shape("mamba2-strong", 2, 1024, 8, 64, 64, "head"), f32, strong_decay=True)]
     for r in out:
         r["op"] = "gla"
     return out
@@ -234,7 +237,7 @@ def run_checks(scale: str = "model", log: Callable[[str], None] = print, gla: bo
     if device.type == "cuda":
         jobs.append(("cuda graphs", lambda: _graph_checks(s, device, gen)))
         if gla:
-            jobs.append(("gla", lambda: _gla_checks((torch.bfloat16, torch.float32))))
+            jobs.append(("gla", _gla_checks))
     results = []
     for name, job in jobs:
         try:

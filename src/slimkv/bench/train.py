@@ -80,7 +80,8 @@ class TrainBenchOptions:
 
     out: str = "benchmarks/results"
     models: tuple[str, ...] = ("rodimus", "rodimus_plus", "llama")
-    seqs: tuple[int, ...] = (2048, 8192, 16384)
+    # the two target lengths first, so a run cut by the budget loses 8192 first
+    seqs: tuple[int, ...] = (2048, 16384, 8192)
     # candidate batches, largest first; None = the memory model's largest batch
     batches: tuple[int, ...] | None = None
     max_batch: int = 64
@@ -616,7 +617,7 @@ def format_table(report: dict) -> str:
                          f"{c.get('op')} {c.get('dtype', '')}".strip() for c in failed[:8])))
         if report["check"].get("error"):
             lines.append(f"check worker: {report['check']['error']}")
-    rows = report.get("results", [])
+    rows = sorted(report.get("results", []), key=lambda r: r["seq"])
     if rows:
         lines += ["", "| model | T | batch | ckpt | tokens/s | step s | peak GiB | MFU | vs Llama |",
                   "|---|---|---|---|---|---|---|---|---|"]

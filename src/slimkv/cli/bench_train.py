@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--models", nargs="+", default=None, metavar="NAME",
                        help=f"train: models to time, from {', '.join(MODELS)} (default rodimus rodimus_plus llama)")
     group.add_argument("--seqs", type=int, nargs="+", default=None, metavar="T",
-                       help="train: sequence lengths (default 2048 8192 16384)")
+                       help="train: sequence lengths, run in this order (default 2048 16384 8192)")
     group.add_argument("--batches", type=int, nargs="+", default=None, metavar="B",
                        help="train: candidate batches, the largest that fits wins (default: predicted from the peak "
                             "memory at batch 1 and 2)")
