@@ -30,10 +30,18 @@ def make(variant, shape, dtype, residual_dtype=torch.float32, seed=0):
     if variant == "rms":
         return (x, w)
     other = torch.randn(*shape, generator=gen)
+    if variant == "gated_skip":
+        # the DDTS output: x = GLA output, skip = conv output, skip_scale = D
+        skip = torch.randn(*shape, generator=gen).to(dtype)
+        return (x, other.to(dtype), skip, torch.randn(shape[-1], generator=gen), w)
     return (x, other.to(residual_dtype), w) if variant == "add" else (x, other.to(dtype), w)
 
 
-FNS = {"rms": rms_norm, "add": add_rms_norm, "gated": gated_rms_norm}
+def _gated_skip(x, z, skip, d, w, eps, out_dtype=None, backend="auto"):
+    return gated_rms_norm(x, z, w, eps, out_dtype, skip=skip, skip_scale=d, backend=backend)
+
+
+FNS = {"rms": rms_norm, "add": add_rms_norm, "gated": gated_rms_norm, "gated_skip": _gated_skip}
 
 
 def run(variant, inputs, backend, out_dtype=None, out_weights=None):
@@ -59,7 +67,7 @@ def check(variant, inputs, dtype, out_dtype=None):
     return outs
 
 
-@pytest.mark.parametrize("variant", ["rms", "add", "gated"])
+@pytest.mark.parametrize("variant", ["rms", "add", "gated", "gated_skip"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", [(1, 7), (3, 5, 40), (7, 130), (2, 1, 1000)])
 def test_matches_spec_outputs_and_gradients(nan_empty, variant, dtype, shape):
@@ -71,7 +79,8 @@ def test_matches_spec_outputs_and_gradients(nan_empty, variant, dtype, shape):
 
 
 @settings(max_examples=12, deadline=None)
-@given(rows=st.integers(1, 40), channels=st.integers(4, 300), variant=st.sampled_from(["rms", "add", "gated"]),
+@given(rows=st.integers(1, 40), channels=st.integers(4, 300),
+       variant=st.sampled_from(["rms", "add", "gated", "gated_skip"]),
        seed=st.integers(0, 99))
 def test_random_shapes_float32(variant, rows, channels, seed):
     check(variant, make(variant, (rows, channels), torch.float32, seed=seed), torch.float32)
@@ -120,6 +129,19 @@ def test_matches_the_layer_modules(nan_empty):
     with torch.no_grad():
         assert rel_err(rms_norm(x, norm.weight, norm.eps, backend="triton"), norm(x)) <= 1e-6
         assert rel_err(gated_rms_norm(x, z, gated.weight, gated.eps, backend="triton"), gated(x, z)) <= 1e-6
+
+
+def test_skip_term_matches_the_ddts_output_math(nan_empty):
+    # layers/ddts.py: o = upcast(o) + upcast(D) * upcast(x_conv); y = out_norm(o, z)
+    gated = GatedRMSNorm(48)
+    D = torch.randn(48)
+    o, x_conv, z = (torch.randn(2, 5, 48).to(torch.bfloat16) for _ in range(3))
+    with torch.no_grad():
+        expected = gated(o.float() + D * x_conv.float(), z)
+        y = gated_rms_norm(o, z, gated.weight, gated.eps, skip=x_conv, skip_scale=D, backend="triton")
+    assert rel_err(y, expected) <= 1e-6
+    with pytest.raises(ValueError, match="together"):
+        gated_rms_norm(o, z, gated.weight, skip=x_conv)
 
 
 def test_decode_rows_without_autograd(nan_empty):

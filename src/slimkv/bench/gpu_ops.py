@@ -296,6 +296,26 @@ def floors(shape: Shape, dtype: torch.dtype, mode: str, ceilings: dict) -> dict:
             "floor_ms": max(ms_bytes, ms_flops)}
 
 
+def gla_design_bytes(B: int, T: int, H: int, K: int, V: int, elem: int, mode: str, head_decay: bool = False) -> dict:
+    """Bytes the ops/gla/triton kernels read and write (each tensor counted once per kernel; re-reads of the same
+    chunk by other V-tile programs are assumed to hit L2), per stage, with C = 64."""
+    N, NC = B * T, B * math.ceil(T / 64)
+    g = N * H * (1 if head_decay else K) * 4
+    qk, vv = N * H * K * elem, N * H * V * elem
+    A, h = NC * H * 64 * 64 * 4, NC * H * K * V * elem
+    stages = {
+        "prep": 2 * qk + g + g + 2 * qk,
+        "intra": 2 * qk + g + A,
+        "state_fwd": 2 * qk + A + vv + vv + h,
+    }
+    if mode == "fwd_bwd":
+        stages["state_grad"] = 2 * qk + A + vv + vv + h
+        stages["qk_grad"] = 2 * qk + vv + qk + g + h + h + vv + (2 * qk if head_decay else 2 * N * H * K * 4 + A)
+        if not head_decay:
+            stages["intra_grad"] = 2 * qk + g + A + 2 * N * H * K * 4 + 2 * qk + g
+    return {"stages": stages, "total": sum(stages.values())}
+
+
 def time_one(shape: Shape, dtype: torch.dtype, backend: str, mode: str) -> float:
     """Median milliseconds of one forward (no grad) or one forward+backward, on fresh random inputs."""
     from triton.testing import do_bench
@@ -342,6 +362,11 @@ def run_timings(ceilings: dict, shapes=TIMING_SHAPES, backends=("triton", "fla",
                     ms = time_one(shape, torch.bfloat16, backend, mode)
                     row.update(ms=ms, **fl, achieved_bytes_per_s=fl["bytes"] / (ms * 1e-3),
                                times_floor=ms / fl["floor_ms"])
+                    if backend == "triton":
+                        design = gla_design_bytes(shape.B, shape.T, shape.H, shape.K, shape.V, 2, mode,
+                                                  head_decay=shape.decay == "head")
+                        row.update(design_bytes=design["total"], design_stages=design["stages"],
+                                   design_over_floor=design["total"] / fl["bytes"])
                 except torch.OutOfMemoryError:
                     row.update(ms=None, error="out of memory", **fl)
                 except Exception as exc:  # the peer may refuse a shape or a toolchain; record it and go on

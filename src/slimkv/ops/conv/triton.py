@@ -201,7 +201,7 @@ class ConvSiluFunction(torch.autograd.Function):
             T, C, num_tb, x.stride(0), x.stride(1), *_strides3(state), dy.stride(0), dy.stride(1),
             *_strides3(dfinal), dx.stride(0), dx.stride(1), *_strides3(dstate),
             K=K, KP=KP, KS=KS, BT=BT, BC=BC, HAS_BIAS=bias is not None, HAS_STATE=state is not None,
-            HAS_DFINAL=dfinal is not None, STORE_DSTATE=want_dstate, num_warps=4)
+            HAS_DFINAL=dfinal is not None, STORE_DSTATE=want_dstate, num_warps=8)
         dw = dw_part.sum(0).t().to(weight.dtype)
         db = db_part.sum(0).to(bias.dtype) if bias is not None else None
         return dx, dw, db, dstate, None

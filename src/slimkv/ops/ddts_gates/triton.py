@@ -20,7 +20,8 @@ import triton.language as tl
 
 from ..rows import as_rows, check_dtypes
 
-TILE = 4096
+# rows x keys per program: the backward keeps about fifteen such tiles live
+TILE = 1024
 # softplus(x) = x above this (torch's default threshold); below LOG_LINEAR, log softplus(x) = x to float32 precision
 THRESHOLD = 20.0
 LOG_LINEAR = -15.0
@@ -114,7 +115,7 @@ def _blocks(M: int) -> tuple[int, int, int]:
     if BM > TILE:
         raise ValueError(f"ddts_gates (triton): at most {TILE} keys per row; got {M}")
     BR = max(1, TILE // BM)
-    return BR, BM, 4 if BR * BM <= 2048 else 8
+    return BR, BM, 4
 
 
 class DDTSGatesFunction(torch.autograd.Function):

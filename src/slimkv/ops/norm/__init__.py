@@ -5,6 +5,7 @@ legend: R rows (every leading dim flattened), C channels
     rms_norm(x, w):           y = x / sqrt(mean(x^2) + eps) * w
     add_rms_norm(x, r, w):    s = r + x (in r's dtype);  y = rms_norm(s, w);  returns (y, s)
     gated_rms_norm(x, z, w):  y = rms_norm(x * SiLU(z), w)        (gate BEFORE the norm, as layers/norm.py)
+        with skip xs, D:      y = rms_norm((x + D * xs) * SiLU(z), w)  (the DDTS output o + D * x~, layers/ddts.py)
 
 Math in float32 (float64 for float64 inputs, torch backend). y comes out in `out_dtype`, by default the weight's dtype
 (what layers/norm.py returns); pass the next matmul's dtype (bf16 under autocast) to skip a cast. s keeps r's dtype, so
@@ -40,8 +41,12 @@ def add_rms_norm_reference(x: torch.Tensor, residual: torch.Tensor, weight: torc
 
 
 def gated_rms_norm_reference(x: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, eps: float,
-                             out_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Spec (layers/norm.py GatedRMSNorm): RMSNorm(x * SiLU(gate)) * weight, the product in float32."""
+                             out_dtype: torch.dtype | None = None, skip: torch.Tensor | None = None,
+                             skip_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """Spec (layers/norm.py GatedRMSNorm): RMSNorm(x * SiLU(gate)) * weight, the product in float32; with a skip
+    term, x + skip_scale * skip first (layers/ddts.py: o = upcast(o) + upcast(D) * upcast(x_conv))."""
+    if skip is not None:
+        x = upcast(x) + upcast(skip_scale) * upcast(skip)
     return rms_norm_reference(upcast(x) * F.silu(upcast(gate)), weight, eps, out_dtype)
 
 
@@ -86,14 +91,26 @@ def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, 
 
 
 def gated_rms_norm(x: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5,
-                   out_dtype: torch.dtype | None = None, backend: str = "auto") -> torch.Tensor:
-    """RMSNorm(x * SiLU(gate)) * weight (the DDTS output norm). x, gate [..., C], weight [C]."""
-    _check("gated_rms_norm", x, weight, gate=gate)
-    if pick_backend("gated_rms_norm", backend, GPU_MODULE, x, gate, weight) == "torch":
-        return gated_rms_norm_reference(x, gate, weight, eps, out_dtype)
+                   out_dtype: torch.dtype | None = None, skip: torch.Tensor | None = None,
+                   skip_scale: torch.Tensor | None = None, backend: str = "auto") -> torch.Tensor:
+    """RMSNorm((x + skip_scale * skip) * SiLU(gate)) * weight (the DDTS output norm; the skip term is optional).
+
+    x, gate, skip [..., C]; weight, skip_scale [C].
+    Example (the whole DDTS output in one kernel, from the GLA output o and the conv output x~):
+        >>> y = gated_rms_norm(o, z, out_norm.weight, eps, out_dtype=torch.bfloat16, skip=x_conv, skip_scale=D)
+    """
+    if (skip is None) != (skip_scale is None):
+        raise ValueError("gated_rms_norm: pass skip and skip_scale together")
+    extra = {} if skip is None else {"skip": skip}
+    _check("gated_rms_norm", x, weight, gate=gate, **extra)
+    if skip_scale is not None and skip_scale.shape != weight.shape:
+        raise ValueError(f"gated_rms_norm: skip_scale must be [C] = {tuple(weight.shape)}; got "
+                         f"{tuple(skip_scale.shape)}")
+    if pick_backend("gated_rms_norm", backend, GPU_MODULE, x, gate, weight, skip, skip_scale) == "torch":
+        return gated_rms_norm_reference(x, gate, weight, eps, out_dtype, skip, skip_scale)
     from .triton import gated_rms_norm_triton
 
-    return gated_rms_norm_triton(x, gate, weight, eps, out_dtype)
+    return gated_rms_norm_triton(x, gate, weight, eps, out_dtype, skip, skip_scale)
 
 
 __all__ = ["BACKENDS", "rms_norm", "add_rms_norm", "gated_rms_norm", "rms_norm_reference", "add_rms_norm_reference",

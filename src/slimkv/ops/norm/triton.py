@@ -3,17 +3,19 @@
 legend: R rows, C channels, BR rows per program, BC channel block (all of C, a power of two)
 
 One forward kernel and one backward kernel serve the three variants (constexpr ADD / GATED). With u the row being
-normalised (x; the new residual s = r + x; or x * SiLU(z)) and rstd = 1 / sqrt(mean(u^2) + eps):
+normalised (x; the new residual s = r + x; or p * SiLU(z) with p = x, or p = x + D * xs when the gated norm also
+takes the DDTS skip term) and rstd = 1 / sqrt(mean(u^2) + eps):
 
     forward:   y = u * rstd * w                                        one read of the inputs, one write of y (and s)
     backward:  g = dy * w;  du = rstd * (g - u * rstd^2 * mean(g * u));  dw = sum_rows dy * u * rstd
                ADD:   ds = du + (grad of s);  dx = dr = ds
-               GATED: dx = du * SiLU(z);  dz = du * x * SiLU'(z),  SiLU'(z) = sig(z) (1 + z (1 - sig(z)))
+               GATED: dp = du * SiLU(z);  dz = du * p * SiLU'(z),  SiLU'(z) = sig(z) (1 + z (1 - sig(z)))
+                      dx = dp;  with the skip: dxs = dp * D,  dD = sum_rows dp * xs
 
 The backward re-reads the inputs and recomputes u and rstd (a row reduction) instead of saving any float32 row:
 autograd keeps only the inputs (for ADD, only s, which is also the residual stream). dw is reduced in two steps: each
 program of a persistent grid sums its rows into one partial [C] row, then torch sums the partials (deterministic, no
-atomics).
+atomics); so is dD.
 """
 from __future__ import annotations
 
@@ -23,27 +25,29 @@ import triton.language as tl
 
 from ..rows import as_rows, check_dtypes, num_workers
 
-# channels a program holds in registers at once (rows x channels); larger rows get one row per program
-TILE = 4096
+# elements of a row tile a program holds (rows x channels; wider rows get one row per program): the backward keeps
+# about a dozen such tiles live, so it takes half the forward's and more warps, to stay clear of register spills
+TILE = {False: 4096, True: 2048}
 MAX_CHANNELS = 32768
 
 
-def _blocks(C: int) -> tuple[int, int, int]:
-    """(BR, BC, num_warps) for rows of C channels."""
+def _blocks(C: int, backward: bool = False) -> tuple[int, int, int]:
+    """(BR, BC, num_warps) for rows of C channels: about 8-16 tile elements per thread."""
     BC = triton.next_power_of_2(C)
     if BC > MAX_CHANNELS:
         raise ValueError(f"norm (triton): at most {MAX_CHANNELS} channels per row; got {C}")
-    BR = max(1, TILE // BC)
-    return BR, BC, 4 if BR * BC <= 2048 else 8
+    BR = max(1, TILE[backward] // BC)
+    return BR, BC, min(16, max(4, BR * BC // 256 if backward else BR * BC // 512))
 
 
 @triton.jit
 def rms_norm_fwd_kernel(
-    x, z, res, w, y, s_out,
-    R, C, stride_x, stride_z, stride_res, stride_y, stride_s, eps,
-    BR: tl.constexpr, BC: tl.constexpr, ADD: tl.constexpr, GATED: tl.constexpr,
+    x, z, res, w, y, s_out, xs, d,
+    R, C, stride_x, stride_z, stride_res, stride_y, stride_s, stride_xs, eps,
+    BR: tl.constexpr, BC: tl.constexpr, ADD: tl.constexpr, GATED: tl.constexpr, SKIP: tl.constexpr,
 ):
-    """Grid (cdiv(R, BR),). ADD: x is the block output, res the residual, s_out = res + x. GATED: z is the gate."""
+    """Grid (cdiv(R, BR),). ADD: x is the block output, res the residual, s_out = res + x. GATED: z is the gate;
+    SKIP (with GATED): x + d * xs is gated."""
     rows = (tl.program_id(0) * BR + tl.arange(0, BR)).to(tl.int64)
     cols = tl.arange(0, BC)
     col_ok = cols < C
@@ -56,6 +60,9 @@ def rms_norm_fwd_kernel(
         tl.store(s_out + rows[:, None] * stride_s + cols[None, :], b_s, mask=mask)
         b_u = b_s.to(tl.float32)
     if GATED:
+        if SKIP:
+            b_xs = tl.load(xs + rows[:, None] * stride_xs + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+            b_u += tl.load(d + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :] * b_xs
         b_z = tl.load(z + rows[:, None] * stride_z + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         b_u = b_u * b_z * tl.sigmoid(b_z)
     b_rstd = tl.rsqrt(tl.sum(b_u * b_u, axis=1) / C + eps)
@@ -66,23 +73,32 @@ def rms_norm_fwd_kernel(
 
 @triton.jit
 def rms_norm_bwd_kernel(
-    x, z, w, dy, ds_in, dx, dz, dres, dw_part,
-    R, C, rows_per_program, stride_x, stride_z, stride_dy, stride_ds, stride_dx, stride_dz, stride_dres, eps,
+    x, z, w, dy, ds_in, dx, dz, dres, dw_part, xs, d, dxs, dd_part,
+    R, C, rows_per_program, stride_x, stride_z, stride_dy, stride_ds, stride_dx, stride_dz, stride_dres,
+    stride_xs, stride_dxs, eps,
     BR: tl.constexpr, BC: tl.constexpr, ADD: tl.constexpr, GATED: tl.constexpr, HAS_DS: tl.constexpr,
+    SKIP: tl.constexpr,
 ):
     """Persistent grid (P,): program p owns rows [p * rows_per_program, (p + 1) * rows_per_program) and writes
-    dw_part[p]. ADD: x is the saved sum s, ds_in the gradient of s (when HAS_DS); dx and dres get ds."""
+    dw_part[p] (and dd_part[p] with SKIP). ADD: x is the saved sum s, ds_in the gradient of s (when HAS_DS); dx and
+    dres get ds."""
     pid = tl.program_id(0)
     cols = tl.arange(0, BC)
     col_ok = cols < C
     b_w = tl.load(w + cols, mask=col_ok, other=0.0).to(tl.float32)
     b_dw = tl.zeros([BC], dtype=tl.float32)
+    if SKIP:
+        b_d = tl.load(d + cols, mask=col_ok, other=0.0).to(tl.float32)
+        b_dd = tl.zeros([BC], dtype=tl.float32)
     row0 = pid.to(tl.int64) * rows_per_program
     for r0 in range(0, rows_per_program, BR):
         rows = row0 + r0 + tl.arange(0, BR)
         mask = (rows < R)[:, None] & col_ok[None, :]
         b_x = tl.load(x + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         if GATED:
+            if SKIP:
+                b_xs = tl.load(xs + rows[:, None] * stride_xs + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+                b_x += b_d[None, :] * b_xs
             b_z = tl.load(z + rows[:, None] * stride_z + cols[None, :], mask=mask, other=0.0).to(tl.float32)
             b_sig = tl.sigmoid(b_z)
             b_u = b_x * b_z * b_sig
@@ -102,50 +118,64 @@ def rms_norm_bwd_kernel(
         elif GATED:
             b_dx = b_du * b_z * b_sig
             b_dz = b_du * b_x * b_sig * (1.0 + b_z * (1.0 - b_sig))
+            if SKIP:
+                tl.store(dxs + rows[:, None] * stride_dxs + cols[None, :], (b_dx * b_d[None, :]).to(
+                    dxs.dtype.element_ty), mask=mask)
+                b_dd += tl.sum(b_dx * b_xs, axis=0)
             tl.store(dx + rows[:, None] * stride_dx + cols[None, :], b_dx.to(dx.dtype.element_ty), mask=mask)
             tl.store(dz + rows[:, None] * stride_dz + cols[None, :], b_dz.to(dz.dtype.element_ty), mask=mask)
         else:
             tl.store(dx + rows[:, None] * stride_dx + cols[None, :], b_du.to(dx.dtype.element_ty), mask=mask)
     tl.store(dw_part + pid * C + cols, b_dw, mask=col_ok)
+    if SKIP:
+        tl.store(dd_part + pid * C + cols, b_dd, mask=col_ok)
 
 
-def _forward(x2, z2, r2, w, eps, out_dtype):
-    """x2, z2, r2: [R, C] row views (z2 / r2 may be None). Returns y [R, C] and the new residual (ADD) or None."""
+def _stride(t):
+    return t.stride(0) if t is not None else 0
+
+
+def _forward(x2, z2, r2, w, eps, out_dtype, xs2=None, d=None):
+    """x2, z2, r2, xs2: [R, C] row views (or None). Returns y [R, C] and the new residual (ADD) or None."""
     R, C = x2.shape
     BR, BC, warps = _blocks(C)
     y = torch.empty(R, C, dtype=out_dtype, device=x2.device)
     s = torch.empty(R, C, dtype=r2.dtype, device=x2.device) if r2 is not None else None
     if R:
         rms_norm_fwd_kernel[(triton.cdiv(R, BR),)](
-            x2, z2, r2, w, y, s,
-            R, C, x2.stride(0), z2.stride(0) if z2 is not None else 0, r2.stride(0) if r2 is not None else 0,
-            y.stride(0), s.stride(0) if s is not None else 0, eps,
-            BR=BR, BC=BC, ADD=r2 is not None, GATED=z2 is not None, num_warps=warps)
+            x2, z2, r2, w, y, s, xs2, d,
+            R, C, x2.stride(0), _stride(z2), _stride(r2), y.stride(0), _stride(s), _stride(xs2), eps,
+            BR=BR, BC=BC, ADD=r2 is not None, GATED=z2 is not None, SKIP=xs2 is not None, num_warps=warps)
     return y, s
 
 
-def _backward(x2, z2, w, dy2, ds2, eps, dx_dtype, dres_dtype, add: bool):
-    """Returns dx, dz (GATED) or dres (ADD) or None, and dw in w's dtype."""
+def _backward(x2, z2, w, dy2, ds2, eps, dx_dtype, dres_dtype, add: bool, xs2=None, d=None):
+    """Returns dx, then dz (GATED) or dres (ADD) or None, dw in w's dtype, and (SKIP) dxs and dd, else None."""
     R, C = x2.shape
-    BR, BC, warps = _blocks(C)
+    BR, BC, warps = _blocks(C, backward=True)
     dev = x2.device
     programs = max(1, min(num_workers(dev), triton.cdiv(R, BR)))
     rows_per_program = triton.cdiv(triton.cdiv(R, programs), BR) * BR
     programs = max(1, triton.cdiv(R, rows_per_program))
+    skip = xs2 is not None
     dx = torch.empty(R, C, dtype=dx_dtype, device=dev)
     dz = torch.empty(R, C, dtype=z2.dtype, device=dev) if z2 is not None else None
     dres = torch.empty(R, C, dtype=dres_dtype, device=dev) if add else None
     dw_part = torch.empty(programs, C, dtype=torch.float32, device=dev)
+    dxs = torch.empty(R, C, dtype=xs2.dtype, device=dev) if skip else None
+    dd_part = torch.empty(programs, C, dtype=torch.float32, device=dev) if skip else None
     if R:
         rms_norm_bwd_kernel[(programs,)](
-            x2, z2, w, dy2, ds2, dx, dz, dres, dw_part,
-            R, C, rows_per_program, x2.stride(0), z2.stride(0) if z2 is not None else 0, dy2.stride(0),
-            ds2.stride(0) if ds2 is not None else 0, dx.stride(0), dz.stride(0) if dz is not None else 0,
-            dres.stride(0) if dres is not None else 0, eps,
-            BR=BR, BC=BC, ADD=add, GATED=z2 is not None, HAS_DS=ds2 is not None, num_warps=warps)
+            x2, z2, w, dy2, ds2, dx, dz, dres, dw_part, xs2, d, dxs, dd_part,
+            R, C, rows_per_program, x2.stride(0), _stride(z2), dy2.stride(0), _stride(ds2), dx.stride(0),
+            _stride(dz), _stride(dres), _stride(xs2), _stride(dxs), eps,
+            BR=BR, BC=BC, ADD=add, GATED=z2 is not None, HAS_DS=ds2 is not None, SKIP=skip, num_warps=warps)
     else:
         dw_part.zero_()
-    return dx, dz if z2 is not None else dres, dw_part.sum(0).to(w.dtype)
+        if skip:
+            dd_part.zero_()
+    dd = dd_part.sum(0).to(d.dtype) if skip else None
+    return dx, dz if z2 is not None else dres, dw_part.sum(0).to(w.dtype), dxs, dd
 
 
 class RMSNormFunction(torch.autograd.Function):
@@ -160,7 +190,7 @@ class RMSNormFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         x2, weight = ctx.saved_tensors
-        dx, _, dw = _backward(x2, None, weight, as_rows(dy), None, ctx.eps, x2.dtype, None, add=False)
+        dx, _, dw, _, _ = _backward(x2, None, weight, as_rows(dy), None, ctx.eps, x2.dtype, None, add=False)
         return dx.view(ctx.shape), dw, None, None
 
 
@@ -177,24 +207,27 @@ class AddRMSNormFunction(torch.autograd.Function):
     def backward(ctx, dy, ds):
         s, weight = ctx.saved_tensors
         ds2 = None if ds is None else as_rows(ds)
-        dx, dres, dw = _backward(s, None, weight, as_rows(dy), ds2, ctx.eps, ctx.x_dtype, s.dtype, add=True)
+        dx, dres, dw, _, _ = _backward(s, None, weight, as_rows(dy), ds2, ctx.eps, ctx.x_dtype, s.dtype, add=True)
         return dx.view(ctx.shape), dres.view(ctx.shape), dw, None, None
 
 
 class GatedRMSNormFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, gate, weight, eps, out_dtype):
+    def forward(ctx, x, gate, weight, eps, out_dtype, skip, skip_scale):
         x2, z2 = as_rows(x), as_rows(gate)
-        y, _ = _forward(x2, z2, None, weight, eps, out_dtype)
-        ctx.save_for_backward(x2, z2, weight)
+        xs2 = None if skip is None else as_rows(skip)
+        y, _ = _forward(x2, z2, None, weight, eps, out_dtype, xs2, skip_scale)
+        ctx.save_for_backward(x2, z2, weight, xs2, skip_scale)
         ctx.eps, ctx.shape = eps, x.shape
         return y.view(x.shape)
 
     @staticmethod
     def backward(ctx, dy):
-        x2, z2, weight = ctx.saved_tensors
-        dx, dz, dw = _backward(x2, z2, weight, as_rows(dy), None, ctx.eps, x2.dtype, None, add=False)
-        return dx.view(ctx.shape), dz.view(ctx.shape), dw, None, None
+        x2, z2, weight, xs2, skip_scale = ctx.saved_tensors
+        dx, dz, dw, dxs, dd = _backward(x2, z2, weight, as_rows(dy), None, ctx.eps, x2.dtype, None, add=False,
+                                        xs2=xs2, d=skip_scale)
+        dxs = None if dxs is None else dxs.view(ctx.shape)
+        return dx.view(ctx.shape), dz.view(ctx.shape), dw, None, None, dxs, dd
 
 
 def rms_norm_triton(x, weight, eps=1e-5, out_dtype=None):
@@ -209,7 +242,7 @@ def add_rms_norm_triton(x, residual, weight, eps=1e-5, out_dtype=None):
     return AddRMSNormFunction.apply(x, residual, weight, float(eps), out_dtype or weight.dtype)
 
 
-def gated_rms_norm_triton(x, gate, weight, eps=1e-5, out_dtype=None):
+def gated_rms_norm_triton(x, gate, weight, eps=1e-5, out_dtype=None, skip=None, skip_scale=None):
     """Same contract as slimkv.ops.norm.gated_rms_norm."""
-    check_dtypes("gated_rms_norm", x=x, gate=gate, weight=weight)
-    return GatedRMSNormFunction.apply(x, gate, weight, float(eps), out_dtype or weight.dtype)
+    check_dtypes("gated_rms_norm", x=x, gate=gate, weight=weight, skip=skip, skip_scale=skip_scale)
+    return GatedRMSNormFunction.apply(x, gate, weight, float(eps), out_dtype or weight.dtype, skip, skip_scale)

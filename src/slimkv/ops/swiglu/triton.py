@@ -56,7 +56,7 @@ class SwiGLUFunction(torch.autograd.Function):
         y = torch.empty(R, F, dtype=u.dtype, device=u.device)
         if R and F:
             swiglu_fwd_kernel[(triton.cdiv(R, BR), triton.cdiv(F, BF))](
-                u2, y, R, F, u2.stride(0), y.stride(0), BR=BR, BF=BF, num_warps=4)
+                u2, y, R, F, u2.stride(0), y.stride(0), BR=BR, BF=BF, num_warps=8)
         ctx.save_for_backward(u2)
         ctx.shape = u.shape
         return y.view(*u.shape[:-1], F)
@@ -70,7 +70,7 @@ class SwiGLUFunction(torch.autograd.Function):
         du = torch.empty(R, F2, dtype=u2.dtype, device=u2.device)
         if R and F:
             swiglu_bwd_kernel[(triton.cdiv(R, BR), triton.cdiv(F, BF))](
-                u2, dy2, du, R, F, u2.stride(0), dy2.stride(0), du.stride(0), BR=BR, BF=BF, num_warps=4)
+                u2, dy2, du, R, F, u2.stride(0), dy2.stride(0), du.stride(0), BR=BR, BF=BF, num_warps=8)
         return du.view(ctx.shape)
 
 

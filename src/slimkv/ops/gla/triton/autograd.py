@@ -18,12 +18,7 @@ import torch
 import triton
 from triton.runtime.errors import OutOfResources
 
-from .chunk_bwd import (
-    gla_bwd_kernel_decay_grad,
-    gla_bwd_kernel_intra_channel,
-    gla_bwd_kernel_qk_grad,
-    gla_bwd_kernel_state_grad,
-)
+from .chunk_bwd import gla_bwd_kernel_intra_channel, gla_bwd_kernel_qk_grad, gla_bwd_kernel_state_grad
 from .chunk_fwd import gla_fwd_kernel_state
 from .prep import gla_fwd_kernel_intra_channel, gla_fwd_kernel_intra_head, gla_fwd_kernel_prep
 
@@ -165,12 +160,12 @@ def _backward(q, k, v, g, scale, saved, tables: ChunkTables, do, dht, need_dh0: 
         num_warps=TUNING.warps_dh, num_stages=TUNING.stages_dh)
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)
-    dg_rows = torch.empty(g.shape, dtype=torch.float32, device=dev)
+    dg = torch.empty_like(g)
     dg_bound = torch.empty(NC, H, K, dtype=torch.float32, device=dev)
     BV = min(TUNING.bv_dqk, _block(V))
     if head_decay:
         _launch(gla_bwd_kernel_qk_grad, (NC, H),
-            q, k, v, kg, G, gl, h, dh, do, dq, dk, None, dg_rows, dg_bound, tables.chunk_tok0, tables.chunk_len, scale,
+            q, k, v, kg, G, gl, h, dh, do, dq, dk, None, dg, dg_bound, tables.chunk_tok0, tables.chunk_len, scale,
             H=H, K=K, V=V, BK=BK, BV=BV, C=CHUNK, HEAD_DECAY=True,
             num_warps=TUNING.warps_dqk, num_stages=TUNING.stages_dqk)
     else:
@@ -182,13 +177,9 @@ def _backward(q, k, v, g, scale, saved, tables: ChunkTables, do, dht, need_dh0: 
             H=H, K=K, V=V, BK=BK, BV=BV, C=CHUNK, HEAD_DECAY=False,
             num_warps=TUNING.warps_dqk, num_stages=TUNING.stages_dqk)
         BKI = min(BK, 32)
-        gla_bwd_kernel_intra_channel[(NC, H, (CHUNK // SUB_CHUNK) * triton.cdiv(K, BKI))](
-            q, k, G, dA, dq_inter, dk_inter, dq, dk, dg_rows, tables.chunk_tok0, tables.chunk_len,
+        gla_bwd_kernel_intra_channel[(NC, H, triton.cdiv(K, BKI))](
+            q, k, G, dA, dq_inter, dk_inter, dq, dk, dg_bound, dg, tables.chunk_tok0, tables.chunk_len,
             H=H, K=K, C=CHUNK, BC=SUB_CHUNK, BKI=BKI, num_warps=4)
-    dg = torch.empty_like(g)
-    gla_bwd_kernel_decay_grad[(NC, H)](
-        dg_rows, dg_bound, dg, tables.chunk_tok0, tables.chunk_len,
-        H=H, K=K, BK=BK, C=CHUNK, HEAD_DECAY=head_decay, num_warps=4)
     return dq, dk, dv, dg, dh0
 
 
