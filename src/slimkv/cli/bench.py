@@ -18,7 +18,8 @@ import torch
 BENCHMARKS = {"ops": "gla backends: tokens/s forward and forward+backward, plus error vs the float64 spec",
               "kernels": "GPU only: correctness of every Triton kernel vs float64, timings vs floors and the fla peer",
               "train": "GPU only: training tokens/s, memory, MFU and kernel breakdown of Rodimus, Rodimus+ and a "
-                       "matched Llama; --check: the fused kernels against their specs"}
+                       "matched Llama; --check: the fused kernels against their specs",
+              "decode": "generation ms/token vs context and batch for Rodimus, Rodimus+ and a matched HF Llama"}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
 
