@@ -129,3 +129,22 @@ def test_auto_backend_is_torch_on_cpu_and_triton_when_asked(monkeypatch):
     decode.conv_silu_step(x, torch.randn(8, 4), None, torch.zeros(2, 8, 3), backend="triton")
     decode.conv_silu_step(x, torch.randn(8, 4), None, torch.zeros(2, 8, 3), backend="auto")
     assert calls == [1]  # the triton path ran once, auto on CPU did not use it
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("B,m2,e,r", [(1, 32, 64, 16), (3, 128, 130, 32), (2, 16, 1100, 20)])
+def test_ddts_project_matches_the_three_projections(dtype, B, m2, e, r):
+    xz = torch.randn(B, 2 * e).to(dtype)
+    x_conv, x = torch.randn(B, e).to(dtype), xz[:, :e]
+    weights = dict(qk_weight=(0.1 * torch.randn(m2, e)).to(dtype), gate_weight=(0.1 * torch.randn(m2, e)).to(dtype),
+                   gate_bias=torch.randn(m2).to(dtype), hidden_weight=(0.1 * torch.randn(r, e)).to(dtype))
+    supported = triton_kernels.ddts_project_supported(x, weights["qk_weight"], weights["hidden_weight"])
+    assert supported == (r % triton_kernels.PROJECT_ROWS == 0)
+    if not supported:
+        return
+    want = reference.ddts_project(x_conv, x, **weights)
+    got = triton_kernels.ddts_project(x_conv, x, **weights)
+    for g, w in zip(got, want):
+        assert g.dtype == w.dtype and g.shape == w.shape
+        assert rel(g, w) < (1e-6 if dtype == torch.float32 else BF16_TOL)
+    assert got[1].dtype == torch.float32  # the gates stay float32 in a bf16 model

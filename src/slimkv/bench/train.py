@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
+import inspect
 import io
 import json
 import os
@@ -314,10 +315,17 @@ def throughput_worker(spec: dict, log: Callable[[str], None], save: Callable[[di
     vocab = config.vocab_size
     T = spec["seq"]
 
+    # slimkv models train on shifted targets through the chunked loss (models/modeling.py), as slimkv train does;
+    # HF Llama gets its labels; both see T input tokens
+    fused_loss = "targets" in inspect.signature(model.forward).parameters
+
     def step(B: int) -> float:
-        ids = torch.randint(0, vocab, (B, T), device=device)
+        ids = torch.randint(0, vocab, (B, T + 1), device=device)
         with torch.autocast(device.type, dtype=torch.bfloat16):
-            loss = model(input_ids=ids, labels=ids).loss
+            if fused_loss:
+                loss = model(input_ids=ids[:, :-1], targets=ids[:, 1:]).loss
+            else:
+                loss = model(input_ids=ids[:, :-1], labels=ids[:, :-1]).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

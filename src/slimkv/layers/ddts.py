@@ -23,7 +23,8 @@ from ..ops.conv import causal_conv1d_silu
 from ..ops.ddts_gates import ddts_gates
 from ..ops.gla import gla
 from ..ops.norm import rms_norm
-from .norm import GatedRMSNorm, upcast
+from ..ops.rows import mm_float32
+from .norm import GatedRMSNorm, matmul_dtype, upcast
 
 
 def align8(n: int) -> int:
@@ -60,7 +61,6 @@ class DDTSMixer(nn.Module):
         self.gla_backend = gla_backend
         self.decode_backend = decode_backend
         self.kernel_backend = kernel_backend
-        self._gate_params_f32: tuple | None = None
 
         self.fc = nn.Linear(d, 2 * e, bias=False)
         self.conv = nn.Conv1d(e, e, conv_size, groups=e, bias=True)
@@ -87,11 +87,21 @@ class DDTSMixer(nn.Module):
     def _gates(self, x_conv: torch.Tensor):
         """Queries, tempered keys and log-decays; the gate projection and its math in float32 (ops/ddts_gates)."""
         q, k = self.qk_proj(x_conv).split(self.mem_size, dim=-1)
-        w, b = upcast(self.gate_proj.weight), upcast(self.gate_proj.bias)
-        gates = F.linear(upcast(x_conv), w, b)
-        k_gated, log_decay = ddts_gates(gates, k, self.normalize_epsilon, out_dtype=q.dtype,
+        k_gated, log_decay = ddts_gates(self._gate_logits(x_conv), k, self.normalize_epsilon, out_dtype=q.dtype,
                                         backend=self.kernel_backend)
         return q, k_gated, log_decay
+
+    def _gate_logits(self, x_conv: torch.Tensor) -> torch.Tensor:
+        """[g^ | t^] = gate_proj(x_conv), in float32 outside autocast. Half inputs and weights are multiplied with
+        float32 accumulation and a float32 result (ops/rows mm_float32): the same numbers as upcasting both first,
+        without the two float32 copies. Under autocast the projection runs in the autocast dtype like every other."""
+        w, b = self.gate_proj.weight, self.gate_proj.bias
+        if matmul_dtype(x_conv) is not None:
+            return F.linear(x_conv, w, b)
+        if x_conv.dtype in (torch.float16, torch.bfloat16) and w.dtype == x_conv.dtype:
+            rows = mm_float32(x_conv.reshape(-1, x_conv.shape[-1]), w.t()) + b.float()
+            return rows.view(*x_conv.shape[:-1], -1)
+        return F.linear(upcast(x_conv), upcast(w), upcast(b))
 
     def forward(
         self,
@@ -116,20 +126,9 @@ class DDTSMixer(nn.Module):
             q.unsqueeze(2), k.unsqueeze(2), v.unsqueeze(2), log_decay.unsqueeze(2), self.mem_size**-0.5,
             initial_state=ssm_state, output_final_state=use_cache, backend=self.gla_backend,
         )
-        o = upcast(o.squeeze(2)) + upcast(self.D) * upcast(x_conv)
-        y = self.out_proj(self.out_norm(o, z).to(h.dtype))
+        # the D skip (o + D * x_conv) runs inside the gated norm's kernel (ops/norm), no float32 copies
+        y = self.out_proj(self.out_norm(o.squeeze(2), z, skip=x_conv, skip_scale=self.D).to(h.dtype))
         return y, ((new_conv, new_ssm) if use_cache else None)
-
-    def _gate_params(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """gate_proj's weight and bias in float32 (the gates run in float32), converted once per weight version
-        instead of on every decode step."""
-        w, b = self.gate_proj.weight, self.gate_proj.bias
-        if w.dtype in (torch.float32, torch.float64):
-            return w, b
-        key = (w.data_ptr(), w._version, b.data_ptr(), b._version)
-        if self._gate_params_f32 is None or self._gate_params_f32[0] != key:
-            self._gate_params_f32 = (key, w.detach().float(), b.detach().float())
-        return self._gate_params_f32[1], self._gate_params_f32[2]
 
     @torch.no_grad()
     def step(self, h: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor) -> torch.Tensor:
@@ -138,11 +137,11 @@ class DDTSMixer(nn.Module):
         backend = self.decode_backend
         x, z = self.fc(h).chunk(2, dim=-1)
         x_conv = decode_ops.conv_silu_step(x, self.conv.weight.squeeze(1), self.conv.bias, conv_state, backend)
-        q, k = self.qk_proj(x_conv).split(self.mem_size, dim=-1)
-        w, b = self._gate_params()
-        gates = F.linear(upcast(x_conv), w, b)
+        qk, gates, hidden = decode_ops.ddts_project(x_conv, x, self.qk_proj.weight, self.gate_proj.weight,
+                                                    self.gate_proj.bias, self.channel_gate[0].weight, backend)
+        q, k = qk.split(self.mem_size, dim=-1)
         up = self.channel_gate[1]
-        u = decode_ops.ddts_step(q, k, gates, x, self.channel_gate[0](x), up.weight, up.bias, x_conv, z, self.D,
+        u = decode_ops.ddts_step(q, k, gates, x, hidden, up.weight, up.bias, x_conv, z, self.D,
                                  ssm_state[:, 0], self.mem_size**-0.5, self.normalize_epsilon, backend)
         y = rms_norm(u, self.out_norm.weight, self.out_norm.eps, backend=self.kernel_backend)
         return self.out_proj(y.to(h.dtype))

@@ -41,5 +41,8 @@ class RMSNorm(nn.Module):
 class GatedRMSNorm(RMSNorm):
     """RMSNorm(x * SiLU(z)) * w: the gate is applied BEFORE the norm (Rodimus `act_norm`)."""
 
-    def forward(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-        return gated_rms_norm(x, gate, self.weight, self.eps, out_dtype=matmul_dtype(x), backend=self.backend)
+    def forward(self, x: torch.Tensor, gate: torch.Tensor, skip: torch.Tensor | None = None,
+                skip_scale: torch.Tensor | None = None) -> torch.Tensor:
+        """RMSNorm((x + skip_scale * skip) * SiLU(gate)) * w; the skip term is optional (DDTS: D * x_conv)."""
+        return gated_rms_norm(x, gate, self.weight, self.eps, out_dtype=matmul_dtype(x), skip=skip,
+                              skip_scale=skip_scale, backend=self.backend)

@@ -10,6 +10,7 @@ written, so no key is lost.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..ops import decode as decode_ops
@@ -31,6 +32,7 @@ class SharedKeyAttention(nn.Module):
         self.attn_backend = attn_backend
         self.decode_backend = decode_backend
         self._inv_freq: dict[tuple, torch.Tensor] = {}
+        self._qkv: tuple | None = None
         self.q_proj = nn.Linear(hidden_size, hidden_size, bias=False)
         self.k_proj = nn.Linear(hidden_size, self.head_dim, bias=False)
         self.v_proj = nn.Linear(hidden_size, hidden_size, bias=False)
@@ -94,6 +96,15 @@ class SharedKeyAttention(nn.Module):
         ring_valid = ring_valid.index_copy(1, slots, new_valid)
         return self.o_proj(out.reshape(B, T, -1)), (key_ring, value_ring, ring_valid)
 
+    def _qkv_weight(self) -> torch.Tensor:
+        """[W_q; W_k; W_v] as one matrix, so a decode token makes one small matmul instead of three; rebuilt only
+        when a weight changes (the copy costs one more set of these weights while decoding)."""
+        weights = (self.q_proj.weight, self.k_proj.weight, self.v_proj.weight)
+        key = tuple((w.data_ptr(), w._version) for w in weights)
+        if self._qkv is None or self._qkv[0] != key:
+            self._qkv = (key, torch.cat([w.detach() for w in weights]))
+        return self._qkv[1]
+
     def inv_freq(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         """RoPE frequencies for decode, made once per device (a plain attribute: model.to(bf16) must not round them)."""
         acc = torch.float64 if dtype == torch.float64 else torch.float32
@@ -107,10 +118,9 @@ class SharedKeyAttention(nn.Module):
              ring_valid: torch.Tensor, slot: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         """One decode token: h [B, d], positions [B] -> [B, d]. The ring (token n in slot n % S) is attended together
         with the current token, which is then written into `slot` ([] long, on the device) in place."""
-        B = h.shape[0]
-        q = self.q_proj(h).view(B, self.num_heads, self.head_dim)
-        k = self.k_proj(h).view(B, 1, self.head_dim)
-        v = self.v_proj(h).view(B, self.num_heads, self.head_dim)
+        B, H, D = h.shape[0], self.num_heads, self.head_dim
+        q, k, v = F.linear(h, self._qkv_weight()).split([H * D, D, H * D], dim=-1)
+        q, k, v = q.view(B, H, D), k.view(B, 1, D), v.view(B, H, D)
         if valid is None:
             valid = torch.ones(B, dtype=torch.bool, device=h.device)
         out = decode_ops.window_step(q, k, v, self.inv_freq(h.device, h.dtype), positions, key_ring, value_ring,

@@ -56,3 +56,22 @@ def pick_backend(op: str, backend: str, gpu_module: str, *tensors: torch.Tensor 
     if backend == "auto" and any(t is not None and t.dtype not in HALF_AND_FLOAT for t in tensors):
         return "torch"
     return chosen
+
+
+@functools.lru_cache(maxsize=None)
+def _mm_out_float32_works(device_type: str) -> bool:
+    """torch.mm(..., out_dtype=float32) (half inputs, float32 output) exists on CUDA in recent torch."""
+    try:
+        a = torch.ones(16, 16, dtype=torch.bfloat16, device=device_type)
+        return torch.mm(a, a, out_dtype=torch.float32).dtype == torch.float32
+    except (TypeError, RuntimeError, NotImplementedError):
+        return False
+
+
+def mm_float32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b accumulated and returned in float32 (no rounding to the operand dtype in between when torch allows)."""
+    if a.dtype == torch.float32 or a.dtype == torch.float64:
+        return a @ b
+    if _mm_out_float32_works(a.device.type):
+        return torch.mm(a, b, out_dtype=torch.float32)
+    return a.float() @ b.float()

@@ -6,6 +6,7 @@ guard); `Trainer.fit` (trainer.py) drives it and decides when to log, evaluate a
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import signal
 import threading
@@ -32,6 +33,10 @@ class StepRunner:
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.sources, self.plan, self.config = sources, plan, config
         self.device, self.bf16, self.world_size = device, bf16, world_size
+        # slimkv models take the shifted targets and compute the loss without materialising the logits
+        # (models/modeling.py `targets`, ops/cross_entropy); any other causal LM gets the plain logits loss
+        inner = getattr(model, "module", model)
+        self.fused_loss = "targets" in inspect.signature(inner.forward).parameters
 
     def _autocast(self):
         if self.bf16:
@@ -42,6 +47,8 @@ class StepRunner:
         batch = batch.to(self.device, non_blocking=True)
         inputs, targets = batch[:, :-1], batch[:, 1:]
         with self._autocast():
+            if self.fused_loss:
+                return self.model(input_ids=inputs, targets=targets).loss
             logits = self.model(input_ids=inputs).logits
         return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
 

@@ -20,13 +20,12 @@ ignore_index; the chunked paths do not check (that would need a sync), an out-of
 """
 from __future__ import annotations
 
-import functools
 
 import torch
 import torch.nn.functional as F
 
 from ..dispatch import resolve_backend
-from ..rows import upcast
+from ..rows import mm_float32, upcast
 
 BACKENDS = ("auto", "torch", "chunked", "triton")
 GPU_MODULE = "slimkv.ops.cross_entropy.triton"
@@ -47,25 +46,6 @@ def vocab_chunk(num_tokens: int, vocab: int, chunk_elements: int = CHUNK_ELEMENT
     """Vocabulary columns per chunk: about chunk_elements / N, a multiple of 128 (whole matmul tiles)."""
     cols = max(128, chunk_elements // max(num_tokens, 1)) // 128 * 128
     return min(vocab, cols)
-
-
-@functools.lru_cache(maxsize=None)
-def _mm_out_float32_works(device_type: str) -> bool:
-    """torch.mm(..., out_dtype=float32) (half inputs, float32 output) exists on CUDA in recent torch."""
-    try:
-        a = torch.ones(16, 16, dtype=torch.bfloat16, device=device_type)
-        return torch.mm(a, a, out_dtype=torch.float32).dtype == torch.float32
-    except (TypeError, RuntimeError, NotImplementedError):
-        return False
-
-
-def mm_float32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a @ b accumulated and returned in float32 (no rounding to the operand dtype in between when torch allows)."""
-    if a.dtype == torch.float32 or a.dtype == torch.float64:
-        return a @ b
-    if _mm_out_float32_works(a.device.type):
-        return torch.mm(a, b, out_dtype=torch.float32)
-    return (a @ b).float()
 
 
 def _torch_chunk_forward(logits, labels, lse, picked, v0):

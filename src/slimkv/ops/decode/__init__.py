@@ -1,4 +1,5 @@
-"""One-token decode steps, fused: short conv + SiLU, the DDTS state step, the SW-SKA step (norms: ops/norm).
+"""One-token decode steps, fused: short conv + SiLU, the DDTS projections and state step, the SW-SKA step
+(norms: ops/norm).
 
 Each function updates its state in place and keeps a fixed launch shape, so a whole decode step can be captured in a
 CUDA graph (models/generation.py). `backend`: "auto" (Triton on CUDA when it imports, PyTorch elsewhere), "torch"
@@ -38,6 +39,14 @@ def conv_silu_step(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     return reference.conv_silu_step(x, weight, bias, state)
 
 
+def ddts_project(x_conv, x, qk_weight, gate_weight, gate_bias, hidden_weight, backend: str = "auto"):
+    """[q | k] (model dtype), [g^ | t^] (float32) and the channel gate's hidden rows of one token; see
+    reference.ddts_project. The fused kernel serves small batches; larger ones keep cuBLAS."""
+    if use_triton(x, backend) and _kernels().ddts_project_supported(x, qk_weight, hidden_weight):
+        return _kernels().ddts_project(x_conv, x, qk_weight, gate_weight, gate_bias, hidden_weight)
+    return reference.ddts_project(x_conv, x, qk_weight, gate_weight, gate_bias, hidden_weight)
+
+
 def ddts_step(q, k, gates, x, gate_hidden, up_weight, up_bias, x_conv, z, skip, state, scale: float,
               key_eps: float, backend: str = "auto") -> torch.Tensor:
     """The DDTS mixer between its projections for one token; see reference.ddts_step for the arguments."""
@@ -57,4 +66,4 @@ def window_step(q, k, v, inv_freq, positions, key_ring, value_ring, ring_valid, 
     return reference.window_step(q, k, v, inv_freq, positions, key_ring, value_ring, ring_valid, slot, valid, scale)
 
 
-__all__ = ["BACKENDS", "conv_silu_step", "ddts_step", "use_triton", "window_step"]
+__all__ = ["BACKENDS", "conv_silu_step", "ddts_project", "ddts_step", "use_triton", "window_step"]

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from ..conv import causal_conv1d_step
 from ..gla.step import gla_step
 from ..rope import apply_rope
+from ..rows import mm_float32
 from ..window_attn import window_decode
 
 
@@ -109,3 +110,16 @@ def window_step(
     value_ring.index_copy_(1, index, v[:, None].to(value_ring.dtype))
     ring_valid.index_copy_(1, index, valid[:, None])
     return out
+
+
+def ddts_project(x_conv: torch.Tensor, x: torch.Tensor, qk_weight: torch.Tensor, gate_weight: torch.Tensor,
+                 gate_bias: torch.Tensor, hidden_weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The DDTS mixer's three small projections of one token (layers/ddts.py): [q | k] = qk_proj(x_conv) in the
+    model dtype, [g^ | t^] = gate_proj(x_conv) in float32, and the channel gate's first (low-rank) layer of x.
+
+    x_conv, x: [B, e]; qk_weight, gate_weight [2m, e]; gate_bias [2m]; hidden_weight [r, e].
+    Returns qk [B, 2m] (model dtype), gates [B, 2m] (float32; float64 for float64), hidden [B, r] (model dtype)."""
+    qk = F.linear(x_conv, qk_weight)
+    # half inputs times half weights, accumulated and returned in float32: no float32 copy of the weights per token
+    gates = mm_float32(x_conv, gate_weight.t()) + gate_bias.to(_acc(x.dtype))
+    return qk, gates, F.linear(x, hidden_weight)

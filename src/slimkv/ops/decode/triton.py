@@ -59,7 +59,7 @@ def conv_silu_step(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     if x.stride(-1) != 1 or state.stride(-1) != 1 or not weight.is_contiguous():
         raise ValueError("conv_silu_step (triton): x, state and weight need unit-stride last dims")
     y = torch.empty(B, C, dtype=x.dtype, device=x.device)
-    BLOCK = min(1024, triton.next_power_of_2(C))
+    BLOCK = min(128, triton.next_power_of_2(C))
     _conv_silu_step_kernel[(B, triton.cdiv(C, BLOCK))](
         x, weight, bias if bias is not None else weight, state, y, C, x.stride(0), state.stride(0), state.stride(1),
         y.stride(0), K=K, HAS_BIAS=bias is not None, BLOCK=BLOCK, num_warps=4)
@@ -133,7 +133,7 @@ def ddts_step(q, k, gates, x, gate_hidden, up_weight, up_bias, x_conv, z, skip, 
         if t.stride(-1) != 1:
             raise ValueError(f"ddts_step (triton): {name} needs a unit-stride last dim")
     u = torch.empty(B, E, dtype=torch.float32, device=x.device)
-    BE = 64
+    BE = 32
     _ddts_step_kernel[(B, triton.cdiv(E, BE))](
         q, k, gates, x, gate_hidden, up_weight.contiguous(), up_bias, x_conv, z, skip, state, u,
         scale, key_eps, E,
@@ -141,6 +141,73 @@ def ddts_step(q, k, gates, x, gate_hidden, up_weight, up_bias, x_conv, z, skip, 
         u.stride(0),
         M=M, BM=max(triton.next_power_of_2(M), 16), R=R, BR=max(triton.next_power_of_2(R), 16), BE=BE, num_warps=4)
     return u
+
+
+# --- the DDTS mixer's small projections, one launch ------------------------------------------------------------
+
+
+@triton.jit
+def _ddts_project_kernel(
+    x_conv, x, qk_w, gate_w, gate_b, hid_w, qk_out, gate_out, hid_out, E,
+    xc_stride, x_stride, qk_stride, g_stride, h_stride,
+    M2: tl.constexpr, R: tl.constexpr, ROWS: tl.constexpr, BK: tl.constexpr,
+):
+    """Grid (B, (2 * M2 + R) / ROWS): each program owns ROWS output rows of one of the three matrices
+    (qk: M2 rows on x_conv, gates: M2 rows on x_conv with a bias, hidden: R rows on x) and reads them once."""
+    b = tl.program_id(0).to(tl.int64)
+    blk = tl.program_id(1)
+    rows = tl.arange(0, ROWS)
+    cols = tl.arange(0, BK)
+    acc = tl.zeros([ROWS], dtype=tl.float32)
+    if blk < M2 // ROWS:
+        r0 = blk * ROWS
+        for k0 in range(0, E, BK):
+            ok = k0 + cols < E
+            v = tl.load(x_conv + b * xc_stride + k0 + cols, mask=ok, other=0.0).to(tl.float32)
+            w = tl.load(qk_w + (r0 + rows)[:, None] * E + k0 + cols[None, :], mask=ok[None, :], other=0.0)
+            acc += tl.sum(w.to(tl.float32) * v[None, :], axis=1)
+        tl.store(qk_out + b * qk_stride + r0 + rows, acc.to(qk_out.dtype.element_ty))
+    elif blk < 2 * (M2 // ROWS):
+        r0 = blk * ROWS - M2
+        for k0 in range(0, E, BK):
+            ok = k0 + cols < E
+            v = tl.load(x_conv + b * xc_stride + k0 + cols, mask=ok, other=0.0).to(tl.float32)
+            w = tl.load(gate_w + (r0 + rows)[:, None] * E + k0 + cols[None, :], mask=ok[None, :], other=0.0)
+            acc += tl.sum(w.to(tl.float32) * v[None, :], axis=1)
+        acc += tl.load(gate_b + r0 + rows).to(tl.float32)
+        tl.store(gate_out + b * g_stride + r0 + rows, acc)
+    else:
+        r0 = blk * ROWS - 2 * M2
+        for k0 in range(0, E, BK):
+            ok = k0 + cols < E
+            v = tl.load(x + b * x_stride + k0 + cols, mask=ok, other=0.0).to(tl.float32)
+            w = tl.load(hid_w + (r0 + rows)[:, None] * E + k0 + cols[None, :], mask=ok[None, :], other=0.0)
+            acc += tl.sum(w.to(tl.float32) * v[None, :], axis=1)
+        tl.store(hid_out + b * h_stride + r0 + rows, acc.to(hid_out.dtype.element_ty))
+
+
+PROJECT_ROWS = 4
+
+
+def ddts_project_supported(x: torch.Tensor, qk_weight: torch.Tensor, hidden_weight: torch.Tensor) -> bool:
+    """One program per 4 output rows beats cuBLAS's split-K GEMV chain at small batches; large batches keep cuBLAS."""
+    return x.shape[0] <= 8 and qk_weight.shape[0] % PROJECT_ROWS == 0 and hidden_weight.shape[0] % PROJECT_ROWS == 0
+
+
+def ddts_project(x_conv, x, qk_weight, gate_weight, gate_bias, hidden_weight):
+    B, E = x.shape
+    M2, R = qk_weight.shape[0], hidden_weight.shape[0]
+    for name, t in (("x_conv", x_conv), ("x", x)):
+        if t.stride(-1) != 1:
+            raise ValueError(f"ddts_project (triton): {name} needs a unit-stride last dim")
+    qk = torch.empty(B, M2, dtype=x_conv.dtype, device=x.device)
+    gates = torch.empty(B, M2, dtype=torch.float32, device=x.device)
+    hidden = torch.empty(B, R, dtype=x.dtype, device=x.device)
+    _ddts_project_kernel[(B, (2 * M2 + R) // PROJECT_ROWS)](
+        x_conv, x, qk_weight.contiguous(), gate_weight.contiguous(), gate_bias, hidden_weight.contiguous(),
+        qk, gates, hidden, E, x_conv.stride(0), x.stride(0), qk.stride(0), gates.stride(0), hidden.stride(0),
+        M2=M2, R=R, ROWS=PROJECT_ROWS, BK=min(1024, triton.next_power_of_2(E)), num_warps=4)
+    return qk, gates, hidden
 
 
 # --- SW-SKA: RoPE, attention over the ring and the current token, ring write --------------------------------------
@@ -287,8 +354,8 @@ def window_step(q, k, v, inv_freq, positions, key_ring, value_ring, ring_valid, 
             raise ValueError(f"window_step (triton): {name} needs a unit-stride last dim")
     scale = D**-0.5 if scale is None else scale
     BS = 64
-    # enough programs to keep the chip busy at batch 1, each over a whole number (at most 8) of BS-slot blocks
-    n_split = max(1, min(triton.cdiv(S, BS), triton.cdiv(256, B * H)), triton.cdiv(S, 8 * BS))
+    # one BS-slot block per program keeps many loads in flight at batch 1; large batches group up to 8 blocks
+    n_split = max(1, min(triton.cdiv(S, BS), triton.cdiv(8192, B * H)), triton.cdiv(S, 8 * BS))
     slots_per_split = triton.cdiv(triton.cdiv(S, n_split), BS) * BS
     n_split = triton.cdiv(S, slots_per_split)
     partial = torch.empty(B, H, n_split, D + 2, dtype=torch.float32, device=q.device)
