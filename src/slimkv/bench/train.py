@@ -208,15 +208,16 @@ def choose_batch(peak_1: int, peak_2: int, capacity: int, max_batch: int) -> int
 
 
 def _override_value(text: str):
-    """int, then float (so 1e-6 is a number, which YAML 1.1 would read as a string), then YAML (true, null, ...)."""
-    import yaml
-
+    """true/false, null/none, int, float, else the string itself (no YAML: the GPU image may lack PyYAML)."""
+    words = {"true": True, "false": False, "null": None, "none": None}
+    if text.lower() in words:
+        return words[text.lower()]
     for cast in (int, float):
         try:
             return cast(text)
         except ValueError:
             pass
-    return yaml.safe_load(text)
+    return text
 
 
 def parse_overrides(items: list[str] | tuple[str, ...] | None) -> dict:
