@@ -329,11 +329,15 @@ def throughput_worker(spec: dict, log: Callable[[str], None], save: Callable[[di
         if cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
+        out_of_memory = False
         try:
             step(B)
             if cuda:
                 torch.cuda.synchronize()
         except torch.OutOfMemoryError:
+            out_of_memory = True
+        if out_of_memory:
+            # outside the except clause: its traceback (and the failed step's tensors) is gone by now
             opt.zero_grad(set_to_none=True)
             _release()
             return None
@@ -607,6 +611,11 @@ def finish_report(report: dict) -> None:
         if ref is not None and ref is not r and r["model"] in RODIMUS_SHAPES:
             r["vs_llama"] = {"llama": ref["variant"], "tokens_per_s_ratio": r["tokens_per_s"] / ref["tokens_per_s"],
                              "params_ratio": r["params"] / ref["params"]}
+            mm = r.get("memory_model")
+            if mm and r.get("checkpointing") == ref.get("checkpointing"):
+                # the memory target compares peaks at the same batch: this model's line at Llama's batch
+                r["vs_llama"]["peak_gib_at_llama_batch"] = mm["static_gib"] + ref["batch"] * mm["per_sample_gib"]
+                r["vs_llama"]["llama_peak_gib"] = ref.get("peak_mem_gib")
 
 
 def format_table(report: dict) -> str:
