@@ -184,3 +184,20 @@ def test_gla_bytes_against_the_floor_at_the_rodimus_shape():
         assert design["total"] / floor["bytes"] == pytest.approx(ratio, abs=0.005)
     # the states h and dh dominate: each as large as v at K = C = 64
     assert gla_design_bytes(8, 2048, 1, 64, 4096, 2, "fwd_bwd")["stages"]["qk_grad"] > 4 * 8 * 2048 * 4096 * 2
+
+
+def test_finish_report_ratios_mfu_and_memory_at_the_same_batch():
+    from slimkv.bench.train import finish_report
+
+    rodimus = {"model": "rodimus", "variant": "rodimus", "seq": 2048, "batch": 4, "checkpointing": False,
+               "tokens_per_s": 30000.0, "params": 1.53e9, "flops_per_token": 1e10, "bf16_flop_per_s": 8e14,
+               "memory_model": {"static_gib": 30.0, "per_sample_gib": 15.0}}
+    llama = {"model": "llama", "variant": "llama", "seq": 2048, "batch": 8, "checkpointing": False,
+             "tokens_per_s": 20000.0, "params": 1.545e9, "flops_per_token": 1e10, "peak_mem_gib": 90.0}
+    report = {"check": {"ceilings": {"bf16_flop_per_s": 7.5e14}}, "results": [rodimus, llama]}
+    finish_report(report)
+    assert rodimus["vs_llama"]["tokens_per_s_ratio"] == pytest.approx(1.5)
+    # 30 GiB + 8 x 15 GiB at Llama's batch, against Llama's 90 GiB
+    assert rodimus["vs_llama"]["peak_gib_at_llama_batch"] == pytest.approx(150.0)
+    # the check worker's measured matrix rate wins over the row's own
+    assert rodimus["mfu"] == pytest.approx(1e10 * 30000 / 7.5e14) and "vs_llama" not in llama

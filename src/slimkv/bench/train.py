@@ -209,15 +209,16 @@ def choose_batch(peak_1: int, peak_2: int, capacity: int, max_batch: int) -> int
 
 
 def _override_value(text: str):
-    """int, then float (so 1e-6 is a number, which YAML 1.1 would read as a string), then YAML (true, null, ...)."""
-    import yaml
-
+    """true/false, null/none, int, float, else the string itself (no YAML: the GPU image may lack PyYAML)."""
+    words = {"true": True, "false": False, "null": None, "none": None}
+    if text.lower() in words:
+        return words[text.lower()]
     for cast in (int, float):
         try:
             return cast(text)
         except ValueError:
             pass
-    return yaml.safe_load(text)
+    return text
 
 
 def parse_overrides(items: list[str] | tuple[str, ...] | None) -> dict:
@@ -336,11 +337,15 @@ def throughput_worker(spec: dict, log: Callable[[str], None], save: Callable[[di
         if cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
+        out_of_memory = False
         try:
             step(B)
             if cuda:
                 torch.cuda.synchronize()
         except torch.OutOfMemoryError:
+            out_of_memory = True
+        if out_of_memory:
+            # outside the except clause: its traceback (and the failed step's tensors) is gone by now
             opt.zero_grad(set_to_none=True)
             _release()
             return None
@@ -614,6 +619,11 @@ def finish_report(report: dict) -> None:
         if ref is not None and ref is not r and r["model"] in RODIMUS_SHAPES:
             r["vs_llama"] = {"llama": ref["variant"], "tokens_per_s_ratio": r["tokens_per_s"] / ref["tokens_per_s"],
                              "params_ratio": r["params"] / ref["params"]}
+            mm = r.get("memory_model")
+            if mm and r.get("checkpointing") == ref.get("checkpointing"):
+                # the issue's memory target compares peaks at the same batch: this model's line at Llama's batch
+                r["vs_llama"]["peak_gib_at_llama_batch"] = mm["static_gib"] + ref["batch"] * mm["per_sample_gib"]
+                r["vs_llama"]["llama_peak_gib"] = ref.get("peak_mem_gib")
 
 
 def format_table(report: dict) -> str:
