@@ -437,6 +437,7 @@ def capacity(model, kind: str, context: int, new: int) -> dict:
             state.finished.zero_()
             plan = SamplingPlan(False, 1.0, 0, 1.0, (), 0, 0)
             eos = torch.zeros(0, dtype=torch.long, device=device)
+            graphs.prepare(model, state, plan, eos)
             graphs.replay(model, state, plan, eos, True)
             seconds = _timed(lambda: [graphs.replay(model, state, plan, eos, True) for _ in range(5)], device) / 5
             out.update(batch=batch, step_ms=seconds * 1e3, tokens_per_s=batch / seconds,

@@ -146,15 +146,15 @@ class DecodeGraphs:
         if not use_graph:
             _step(model, state, plan, eos)
             return
-        graph = state.graphs.get(plan)
-        if graph is None:
-            graph = state.graphs[plan] = self._capture(model, state, plan, eos)
-        graph.replay()
+        self.prepare(model, state, plan, eos)
+        state.graphs[plan].replay()
 
-    def _capture(self, model, state: _DecodeState, plan: SamplingPlan, eos: torch.Tensor) -> torch.cuda.CUDAGraph:
-        """Warm up (Triton compiles, cuBLAS picks kernels) on a scratch copy of the state, then capture."""
-        saved = state.cache.clone(), state.tokens.clone(), state.finished.clone(), state.finished_at.clone(), \
-            state.generated.clone()
+    def prepare(self, model, state: _DecodeState, plan: SamplingPlan, eos: torch.Tensor) -> None:
+        """Capture the bucket's graph for `plan` if it has none. Call it BEFORE filling the cache: the warm-up
+        steps (Triton compiles, cuBLAS picks its kernels) run on whatever the buffers hold, and copying a large
+        cache aside to protect it would double its memory."""
+        if plan in state.graphs:
+            return
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
@@ -166,12 +166,8 @@ class DecodeGraphs:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
             _step(model, state, plan, eos)
-        # capture records without running, but the warm-up steps did run: put the state back
-        state.cache.copy_from(saved[0])
-        for dst, src in zip((state.tokens, state.finished, state.finished_at, state.generated), saved[1:]):
-            dst.copy_(src)
+        state.graphs[plan] = graph
         logger.info("captured a decode graph: %d rows, %s", state.rows, plan)
-        return graph
 
     def clear(self) -> None:
         self.states.clear()
@@ -259,6 +255,9 @@ class FastGenerationMixin:
 
         graphs = self._decode_graphs()
         state = graphs.state(self, bucket_rows(B), dtype, device)
+        eos = torch.tensor(plan.eos_token_ids, dtype=torch.long, device=device)
+        if use_graph:
+            graphs.prepare(self, state, plan, eos)  # before the prefill: warm-up steps scribble on the buffers
         cache = state.cache
         cache.reset()
         if user_cache is not None:
@@ -273,7 +272,6 @@ class FastGenerationMixin:
         logits = self._fast_prefill(input_ids[:, start:], mask, rows)
         cache.seen_tokens = rows.seen_tokens
 
-        eos = torch.tensor(plan.eos_token_ids, dtype=torch.long, device=device)
         state.finished.fill_(True)  # bucket rows past the batch are padding from the start
         state.finished[:B] = False
         state.finished_at.fill_(max_new)
