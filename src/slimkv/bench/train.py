@@ -62,10 +62,11 @@ TINY = {"vocab": 512, "rodimus": dict(hidden_size=64, num_hidden_layers=2, mem_s
 CATEGORIES = (
     ("gla", ("gla_",)),
     ("norm", ("rms_norm", "layer_norm")),
+    # before conv: cuDNN's fused attention kernels are named cudnn_..._sdpa_..._flash_...
+    ("attention", ("sdpa", "flash", "fmha", "attention", "triton_tem", "flex")),
     ("conv", ("conv_silu", "conv1d", "conv2d", "depthwise", "convolution", "cudnn")),
     ("loss", ("ce_fwd_kernel", "ce_bwd_kernel", "cross_entropy", "nll_loss", "log_softmax", "softmax")),
     ("optimizer", ("adam", "multi_tensor_apply", "foreach")),
-    ("attention", ("flash", "fmha", "attention", "triton_tem", "flex")),
     ("matmul", ("gemm", "cutlass", "xmma", "nvjet", "wgmma", "cublas", "matmul", "splitk")),
     ("casts/copies", ("copy", "cast", "memcpy", "memset", "catarray", "fill")),
     ("reduction", ("reduce_kernel", "reduction", "triton_red", "triton_per")),
@@ -689,7 +690,9 @@ def plot_png(report: dict) -> bytes:
     for c in CATEGORY_NAMES:
         ms = [r["profile"]["categories"][c]["ms"] for r in profiled]
         if any(ms):
-            axes[1].bar(range(len(profiled)), ms, 0.6, bottom=bottoms, label=c)
+            # eleven categories: tab20 keeps every one its own colour (tab10 repeats the first)
+            axes[1].bar(range(len(profiled)), ms, 0.6, bottom=bottoms, label=c,
+                        color=plt.cm.tab20(CATEGORY_NAMES.index(c) % 20))
             bottoms = [b + m for b, m in zip(bottoms, ms)]
     axes[1].set_xticks(range(len(profiled)), [f"{r['variant']}\nT{r['seq']} B{r['batch']}" for r in profiled],
                        fontsize=7)
