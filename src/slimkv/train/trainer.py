@@ -276,9 +276,13 @@ class Trainer:
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def _loss(self, batch: torch.Tensor) -> torch.Tensor:
-        batch = batch.to(self.device, non_blocking=True)
-        inputs, targets = batch[:, :-1], batch[:, 1:]
+    def _loss(self, batch: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        if isinstance(batch, tuple):
+            # (inputs, targets) from a task source (eval/mqar.py): targets of -100 are not scored
+            inputs, targets = (t.to(self.device, non_blocking=True) for t in batch)
+        else:
+            batch = batch.to(self.device, non_blocking=True)
+            inputs, targets = batch[:, :-1], batch[:, 1:]
         with self._autocast():
             logits = self.model(input_ids=inputs).logits
         return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
