@@ -302,10 +302,46 @@ def _run_niah(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------------- lm-tasks
+def _add_lm_tasks_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    parser.add_argument("--text", default="heldout",
+                        help="source text: a corpus split (heldout, train) of `slimkv fetch corpus`, or a UTF-8 file "
+                             "(documents separated by two blank lines)")
+    parser.add_argument("--out", default=None, help="task folder (default <data dir>/lm_tasks)")
+    parser.add_argument("--max-chars", type=int, default=4000, help="characters per perplexity piece")
+    parser.add_argument("--max-pieces", type=int, default=0, help="perplexity pieces kept (0 = all)")
+    parser.add_argument("--mc-items", type=int, default=500, help="multiple-choice items")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data-dir", default=None, help="corpus data directory (default $SLIMKV_DATA or ./data)")
+
+
+def _run_lm_tasks(args: argparse.Namespace) -> int:
+    from ..data import default_data_dir
+    from ..eval.lm_harness import MC_TASK, PPL_TASK, write_tasks
+
+    documents, what = _haystack_documents(args.text, args.data_dir)
+    out = Path(args.out) if args.out else Path(args.data_dir or default_data_dir()) / "lm_tasks"
+    paths = write_tasks(out, documents, source=what, max_chars=args.max_chars, max_pieces=args.max_pieces,
+                        mc_items=args.mc_items, seed=args.seed)
+    for task, path in paths.items():
+        lines = sum(1 for _ in open(path.with_suffix(".jsonl"), encoding="utf-8"))
+        print(f"{task}: {path} ({lines} documents from {what})")
+    print("run, for example:\n"
+          f"  lm_eval --model slimkv --model_args pretrained=runs/main/model --include_path {out} "
+          f"--tasks {PPL_TASK},{MC_TASK} --device cpu --batch_size 8\n"
+          f"  lm_eval --model hf --model_args pretrained=runs/main/model,trust_remote_code=True --include_path {out} "
+          f"--tasks {PPL_TASK},{MC_TASK}")
+    return 0
+
+
 TASKS = {
     "mqar": ("multi-query associative recall (Zoology protocol): train and score a sweep of model kind x state "
              "size x learning rate on the project trainer; writes mqar.json and mqar.png",
              _add_mqar_arguments, _run_mqar),
     "niah": ("needle in a haystack: pass-key retrieval over real corpus text, a grid of context length x needle "
              "depth, exact match; writes niah.json and niah.png", _add_niah_arguments, _run_niah),
+    "lm-tasks": ("write lm-evaluation-harness tasks built from the corpus's held-out split: held-out perplexity "
+                 f"(loglikelihood_rolling) and a 4-way sentence-continuation multiple choice",
+                 _add_lm_tasks_arguments, _run_lm_tasks),
 }
