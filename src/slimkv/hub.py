@@ -6,7 +6,7 @@ weights that imports the INSTALLED slimkv classes (no model code is copied). The
     AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)
     lm_eval --model hf --model_args pretrained=folder,trust_remote_code=True ...
 
-Model types it knows: slimkv_rodimus (Rodimus, Rodimus+) and recurformer. Call it right after `save_pretrained`.
+Model types it knows: slimkv_rodimus (Rodimus, Rodimus+) and recurformer. Call it right after `save_pretrained`; `python -m slimkv.hub DIR...` prepares existing folders.
 """
 from __future__ import annotations
 
@@ -54,3 +54,17 @@ def add_remote_code(folder: str | Path) -> Path:
                           "AutoModelForCausalLM": f"{SHIM_MODULE}.{model_name}"}
     atomic_write_text(config_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
     return shim
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):
+        print("usage: python -m slimkv.hub MODEL_DIR...  (adds auto_map + slimkv_auto.py for trust_remote_code)")
+        sys.exit(0 if len(sys.argv) > 1 else 2)
+    for target in sys.argv[1:]:
+        try:
+            print(f"{target}: wrote {add_remote_code(target)}")
+        except (FileNotFoundError, ValueError) as err:
+            print(f"slimkv.hub: error: {err}", file=sys.stderr)
+            sys.exit(2)

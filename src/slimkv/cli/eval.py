@@ -139,11 +139,11 @@ def _add_mqar_arguments(parser: argparse.ArgumentParser) -> None:
 
     d = MQARSweepConfig()
     parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
-    parser.add_argument("--archs", type=_csv(str), default=d.archs, help="model kinds (comma separated)")
-    parser.add_argument("--state-sizes", type=_csv(int), default=d.state_sizes,
+    parser.add_argument("--archs", type=_csv(str), default=",".join(map(str, d.archs)), help="model kinds (comma separated)")
+    parser.add_argument("--state-sizes", type=_csv(int), default=",".join(map(str, d.state_sizes)),
                         help="state sizes n: Rodimus mem_size, Mamba2 state, GLA key dim (not used by llama)")
-    parser.add_argument("--d-models", type=_csv(int), default=d.d_models, help="model widths")
-    parser.add_argument("--lrs", type=_csv(float), default=d.lrs, help="learning rates; the best one is reported")
+    parser.add_argument("--d-models", type=_csv(int), default=",".join(map(str, d.d_models)), help="model widths")
+    parser.add_argument("--lrs", type=_csv(float), default=",".join(map(str, d.lrs)), help="learning rates; the best one is reported")
     parser.add_argument("--layers", type=int, default=d.num_layers, help="layers per model")
     parser.add_argument("--train", default="zoology", metavar="SEGMENTS",
                         help="train segments SEQxPAIRS[:EXAMPLES],...; 'zoology' = 64x4:100000,128x8:20000,"
@@ -232,9 +232,9 @@ def _add_niah_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--haystack", default="heldout",
                         help="the filler text: a corpus split (heldout, train) of `slimkv fetch corpus`, or a UTF-8 "
                              "text file (documents separated by two blank lines)")
-    parser.add_argument("--lengths", type=_csv(int), default=(1024, 2048, 4096, 8192, 16384, 32768),
+    parser.add_argument("--lengths", type=_csv(int), default="1024,2048,4096,8192,16384,32768",
                         help="prompt lengths in tokens; those beyond the model's max_position_embeddings are skipped")
-    parser.add_argument("--depths", type=_csv(float), default=tuple(range(0, 101, 10)),
+    parser.add_argument("--depths", type=_csv(float), default="0,10,20,30,40,50,60,70,80,90,100",
                         help="needle depths in percent of the haystack")
     parser.add_argument("--trials", type=int, default=1, help="prompts (different pass keys) per cell")
     parser.add_argument("--max-new-tokens", type=int, default=8)

@@ -180,7 +180,8 @@ def train_and_score(spec: RunSpec, config: MQARSweepConfig, test_sets: dict, max
         **dataclasses.asdict(spec), "steps": result.steps, "train_seconds": round(train_seconds, 2),
         "final_loss": result.losses[-1] if result.losses else None,
         "loss_curve": result.losses[:: max(1, len(result.losses) // 50)],
-        "params": result.params, "tokens_per_s": result.tokens_per_s,
+        # the trainer counts every sequence as the longest train length; examples/s is exact
+        "params": result.params, "examples_per_s": round(result.steps * config.batch_size / train_seconds, 1),
         "state_bytes": _state_bytes(model, config.target_segment().seq_len, config.vocab_size),
         "accuracy": accuracy,
     }
@@ -283,7 +284,7 @@ def plot_sweep(report: dict, path: str | Path) -> None:
         ax.set_ylabel(f"MQAR accuracy at {report['target']}")
         ax.set_title(f"d_model {d_model}" if d_model is not None else "MQAR")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="best")
     header = report.get("header", {})
     fig.suptitle(f"MQAR (Zoology protocol), {report['target']}; {header.get('device_name', '')}, "
                  f"commit {(header.get('git_commit') or '?')[:10]}", fontsize=9)
