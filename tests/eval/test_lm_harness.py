@@ -87,7 +87,7 @@ def test_python_api_with_the_registered_slimkv_model(harness_setup, brown_tokeni
     assert 0.0 <= mc["acc,none"] <= 1.0 and results["n-samples"][MC_TASK]["effective"] == 8
 
 
-def test_cli_with_model_slimkv(harness_setup, tmp_path, monkeypatch):
+def test_cli_with_model_slimkv(harness_setup, tmp_path):
     """`python -m slimkv.eval.lm_model ...` is lm-eval's own CLI with `slimkv` registered (lm-eval 0.4.13)."""
     root, folder, _ = harness_setup
     out = tmp_path / "out"
@@ -104,9 +104,9 @@ def test_cli_with_model_hf_needs_no_slimkv_import(harness_setup, tmp_path):
     root, folder, model = harness_setup
     out = tmp_path / "out"
     env = {**os.environ, "HF_DATASETS_CACHE": str(tmp_path / "datasets"), "HF_MODULES_CACHE": str(tmp_path / "mods")}
-    run = subprocess.run(["lm_eval" if not os.path.exists(os.path.join(os.path.dirname(sys.executable), "lm_eval"))
-                          else os.path.join(os.path.dirname(sys.executable), "lm_eval"),
-                          "--model", "hf", "--model_args", f"pretrained={folder},trust_remote_code=True",
+    # the lm_eval console script installed beside this interpreter
+    lm_eval_script = os.path.join(os.path.dirname(sys.executable), "lm_eval")
+    run = subprocess.run([lm_eval_script, "--model", "hf", "--model_args", f"pretrained={folder},trust_remote_code=True",
                           "--include_path", str(root / "tasks"), "--tasks", f"{PPL_TASK},{MC_TASK}", "--device", "cpu",
                           "--batch_size", "4", "--output_path", str(out)],
                          capture_output=True, text=True, env=env, timeout=300)
@@ -180,3 +180,21 @@ def test_lm_tasks_cli(tmp_path, capsys, brown_documents):
     assert len(items) == 20
     yaml_text = (tmp_path / "tasks" / f"{PPL_TASK}.yaml").read_text()
     assert "loglikelihood_rolling" in yaml_text and str(tmp_path / "tasks" / f"{PPL_TASK}.jsonl") in yaml_text
+
+
+def test_hub_command_prepares_an_existing_folder(tmp_path):
+    model = tiny_model("rodimus", vocab_size=40)
+    model.save_pretrained(tmp_path / "m")
+    run = subprocess.run([sys.executable, "-m", "slimkv.hub", str(tmp_path / "m")], capture_output=True, text=True)
+    assert run.returncode == 0 and "slimkv_auto.py" in run.stdout
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["auto_map"] == {"AutoConfig": "slimkv_auto.RodimusConfig",
+                                  "AutoModelForCausalLM": "slimkv_auto.RodimusForCausalLM"}
+    ids = torch.randint(0, 40, (1, 9))
+    name, logits = _load_in_fresh_process(tmp_path / "m", tmp_path, ids)
+    assert name == "RodimusForCausalLM"
+    with torch.no_grad():
+        torch.testing.assert_close(logits, model(input_ids=ids).logits)
+    run = subprocess.run([sys.executable, "-m", "slimkv.hub", str(tmp_path / "nowhere")], capture_output=True,
+                         text=True)
+    assert run.returncode == 2 and run.stderr.count("\n") == 1 and "no config.json" in run.stderr

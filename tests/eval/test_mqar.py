@@ -91,7 +91,8 @@ def test_train_source_serves_whole_batches_of_one_segment_through_the_batch_plan
         parts = [source.sequences(plan.positions(step, micro)) for micro in range(plan.accumulation)]
         inputs = torch.cat([p[0] for p in parts])
         targets = torch.cat([p[1] for p in parts])
-        assert torch.equal((inputs, targets)[0], source.global_batch(step)[0])
+        whole = source.global_batch(step)
+        assert torch.equal(inputs, whole[0]) and torch.equal(targets, whole[1])
         lengths.append(inputs.shape[1])
         pairs = 2 if inputs.shape[1] == 16 else 4
         for row in range(8):
