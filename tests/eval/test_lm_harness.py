@@ -198,3 +198,26 @@ def test_hub_command_prepares_an_existing_folder(tmp_path):
     run = subprocess.run([sys.executable, "-m", "slimkv.hub", str(tmp_path / "nowhere")], capture_output=True,
                          text=True)
     assert run.returncode == 2 and run.stderr.count("\n") == 1 and "no config.json" in run.stderr
+
+
+def test_model_slimkv_loads_a_recurformer_folder(harness_setup, brown_data, tmp_path):
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    import slimkv.eval.lm_model  # noqa: F401
+    from slimkv.recurformer.convert import build_converted
+
+    from tests.recurformer.conftest import tiny_source
+
+    root, _, _ = harness_setup
+    model = build_converted(tiny_source("llama", vocab_size=brown_data.vocab_size), [[1], [0]], "mamba2",
+                            mixer_kwargs={}).eval()
+    model.save_pretrained(tmp_path / "rf")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (tmp_path / "rf" / name).write_bytes((brown_data.tokenizer_path.parent / name).read_bytes())
+    lm = slimkv.eval.lm_model.SlimkvLM(pretrained=str(tmp_path / "rf"), device="cpu", batch_size=4)
+    assert type(lm.model).__name__ == "RecurFormerForCausalLM"
+    results = lm_eval.simple_evaluate(model=lm, tasks=[MC_TASK], limit=4,
+                                      task_manager=TaskManager(include_path=str(root / "tasks")))
+    assert results["n-samples"][MC_TASK]["effective"] == 4
+    assert 0.0 <= results["results"][MC_TASK]["acc,none"] <= 1.0
