@@ -209,8 +209,6 @@ def run_sweep(config: MQARSweepConfig, on_run: Callable[[int, int, dict], None] 
     """Train and score every planned run; `on_run(i, n, record)` after each. Returns the report dictionary."""
     from ..bench.ops import machine_header
 
-    from ..train.trainer import _resolve_device
-
     runs = plan_runs(config)
     target = config.target_segment()
     # every run's config is checked before the first one trains (unknown arch, bad sizes)
@@ -231,7 +229,7 @@ def run_sweep(config: MQARSweepConfig, on_run: Callable[[int, int, dict], None] 
         records.append(record)
         if on_run is not None:
             on_run(i, len(runs), record)
-    device = _resolve_device(config.device)
+    device = config.device if config.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     return {
         "header": machine_header(device),
         "config": _config_dict(config),
