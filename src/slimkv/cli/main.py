@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("slimkv.cli.demo", "build a small Rodimus+ model, generate, compare cache bytes with a Transformer"),
     "fetch": ("slimkv.cli.fetch", "fetch offline assets: corpus, smollm2, qwen2.5-0.5b"),
     "train": ("slimkv.cli.train", "train a model from a YAML config (with --field=value overrides)"),
-    "eval": ("slimkv.cli.eval", "evaluate a model: perplexity on a file or corpus split"),
+    "eval": ("slimkv.cli.eval", "evaluate: perplexity, MQAR sweep, needle in a haystack, lm-eval tasks"),
     "generate": ("slimkv.cli.generate", "generate text from a saved model"),
     "convert": ("slimkv.cli.convert", "convert checkpoints: official <-> slimkv"),
     "recurformer": ("slimkv.cli.recurformer", "RecurFormer: profile | convert | train"),

@@ -43,9 +43,13 @@ class StepRunner:
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def loss(self, batch: torch.Tensor) -> torch.Tensor:
-        batch = batch.to(self.device, non_blocking=True)
-        inputs, targets = batch[:, :-1], batch[:, 1:]
+    def loss(self, batch: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        if isinstance(batch, tuple):
+            # (inputs, targets) from a task source (eval/mqar.py): targets of -100 are not scored
+            inputs, targets = (t.to(self.device, non_blocking=True) for t in batch)
+        else:
+            batch = batch.to(self.device, non_blocking=True)
+            inputs, targets = batch[:, :-1], batch[:, 1:]
         with self._autocast():
             if self.fused_loss:
                 return self.model(input_ids=inputs, targets=targets).loss
