@@ -31,6 +31,7 @@ from .batches import BatchPlan
 from .config import RunConfig
 from .data_sources import DataSources, build_sources
 from .factory import build_model, count_parameters
+from .hf_export import save_model_folder
 from .metrics import MetricsLogger
 from .optim import build_optimizer, build_scheduler
 from .parallelize import init_distributed, parallelize, unwrap
@@ -266,6 +267,12 @@ class Trainer:
             for sig, old in previous.items():
                 signal.signal(sig, old)
 
+    def set_total_steps(self, total_steps: int, warmup_steps: int | None = None) -> None:
+        """Move the end of the run mid-run (from a step callback): the loop stops at `total_steps` and the lr
+        schedule reaches its minimum there. The main job uses it to plan from measured throughput as it goes."""
+        self.config.train.steps = int(total_steps)
+        self.scheduler.set_total_steps(total_steps, warmup_steps)
+
     def request_stop(self, reason: str = "SIGINT") -> None:
         """Ask the loop to save and stop after the current step (what Ctrl-C does)."""
         self._stop_signal = reason
@@ -280,7 +287,8 @@ class Trainer:
         batch = batch.to(self.device, non_blocking=True)
         inputs, targets = batch[:, :-1], batch[:, 1:]
         with self._autocast():
-            logits = self.model(input_ids=inputs).logits
+            # the models are built with use_cache=True for generate(); training and held-out forwards never step a cache
+            logits = self.model(input_ids=inputs, use_cache=False).logits
         return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
     def _train_step(self, step: int) -> tuple[float, float, float]:
@@ -473,9 +481,8 @@ class Trainer:
             fresh = build_model(self.config.model, model.config.vocab_size, seed=self.config.train.seed)
             fresh.load_state_dict(full_state)
             model = fresh
-        model.save_pretrained(tmp)
-        if self.sources.tokenizer_file is not None:
-            _copy_tokenizer(Path(self.sources.tokenizer_file), tmp)
+        # use_cache, bos/eos/pad ids and a ready tokenizer, so plain generate() and pipeline() work on the folder
+        save_model_folder(model, tmp, self.sources.tokenizer_file)
         shutil.rmtree(target, ignore_errors=True)
         os.replace(tmp, target)
 
