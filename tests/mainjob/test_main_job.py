@@ -56,3 +56,18 @@ def test_main_job_on_a_user_file(tmp_path, capsys):
     assert (run / "loss.png").stat().st_size > 0 and (run / "memory.png").stat().st_size > 0
     text = pipeline("text-generation", model=str(run / "model"))("The", max_new_tokens=4)[0]["generated_text"]
     assert text.startswith("The")
+
+
+def test_presets_ship_inside_the_package(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    import slimkv
+    from slimkv.train.config import load_run_config, preset_names, preset_path
+
+    monkeypatch.chdir(tmp_path)
+    assert preset_names() == ["1.4b", "130m", "tiny"]
+    assert preset_path("tiny") == Path(slimkv.__file__).parent / "configs" / "tiny.yaml"
+    assert load_run_config("tiny").model.arch == "rodimus_plus"
+    with pytest.raises(FileNotFoundError, match=r"config file 'tinny' does not exist; give a YAML file or a "
+                                                r"shipped preset \(1.4b, 130m, tiny\)"):
+        load_run_config("tinny")

@@ -42,6 +42,19 @@ def test_average_forgets_old_load_with_the_given_half_life():
     p = planner(half_life=1.0)
     p.observe_step(4.0)
     p.observe_step(2.0)
-    assert p.step_seconds == pytest.approx(3.0)
+    assert p.step_seconds == pytest.approx(3.0) and p.planning_seconds == pytest.approx(3.0)
+
+
+def test_a_sudden_slowdown_shrinks_the_plan_at_once_a_speedup_grows_it_gradually():
+    p = planner()
+    for _ in range(20):
+        p.observe_step(1.0)
+    steady = p.planned_steps(step=20, now=20.0)
+    p.observe_step(3.0)
+    # the plan assumes the slow step's pace right away, although the average has moved only a little
+    assert p.step_seconds < 1.3 and p.planning_seconds == 3.0
+    assert p.planned_steps(step=21, now=23.0) < 21 + (steady - 20) / 2.5
+    p.observe_step(0.5)
+    assert p.planning_seconds == p.step_seconds > 0.5
     with pytest.raises(ValueError, match="needs at least one observed step"):
         planner().planned_steps(0, 0.0)

@@ -25,9 +25,9 @@ def run(args: argparse.Namespace) -> int:
           f"{report['ppl_ratio_to_unigram']:.2f}), {report['heldout_bits_per_byte']:.3f} bits/byte; "
           f"{report['tokens_seen']:,} training tokens in {report['steps']} steps at "
           f"{report['train_tokens_per_s'] or 0:,.0f} tokens/s, {report['params']['total'] / 1e6:.2f}M parameters")
-    print(f"time: {report['wall_seconds']:.0f} s of {report['budget_seconds']:.0f} s (data {seconds['prepare_data']:.0f}"
-          f", training {seconds['train']:.0f}, final evaluation {seconds['final_eval']:.0f}, "
-          f"sample + plots {seconds['after']:.0f})")
+    print(f"time: {report['wall_seconds']:.0f} s of {report['budget_seconds']:.0f} s (data "
+          f"{seconds['prepare_data']:.0f}, training {seconds['train']:.0f}, final evaluation "
+          f"{seconds['final_eval']:.0f}, sample + plots {seconds['after']:.0f})")
     print(f"sample: {report['prompt']}{report['sample']}")
     print(f"wrote runs/{args.name}/report.json, loss.png, memory.png")
     return 0

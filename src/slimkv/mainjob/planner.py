@@ -7,8 +7,9 @@ A plan fixed before training from an assumed speed over-runs on a loaded machine
     time left for training = deadline - now - (forward-only work after training at the measured eval speed)
                              - after_seconds
 
-where the speeds are exponentially weighted averages, so load that comes or goes mid-run moves the plan. The
-forward-only work is the final held-out evaluation plus the prefills of the memory measurement.
+where the training speed is the slower of an exponentially weighted average and the last step: load that comes
+mid-run shrinks the plan at once, load that goes grows it gradually (a deadline is missed by optimism, not by
+caution). The forward-only work is the final held-out evaluation plus the prefills of the memory measurement.
 """
 from __future__ import annotations
 
@@ -32,12 +33,20 @@ class StepPlanner:
     # forward-only tokens/s relative to training tokens/s until an evaluation has been timed
     assumed_eval_speedup: float = 1.5
     step_seconds: float | None = None
+    last_step_seconds: float | None = None
     eval_tokens_per_s: float | None = None
     _provisional: bool = False
 
     @property
+    def planning_seconds(self) -> float | None:
+        """Seconds per step the plan assumes: the average, or the last step if that was slower."""
+        if self.step_seconds is None:
+            return None
+        return max(self.step_seconds, self.last_step_seconds or 0.0)
+
+    @property
     def tokens_per_s(self) -> float | None:
-        return None if self.step_seconds is None else self.tokens_per_step / self.step_seconds
+        return None if self.step_seconds is None else self.tokens_per_step / self.planning_seconds
 
     def observe_step(self, seconds: float, provisional: bool = False) -> None:
         """One optimizer step took `seconds`. A provisional time (the first step: setup and warm-up) is replaced by
@@ -47,6 +56,7 @@ class StepPlanner:
         else:
             weight = 1.0 - 0.5 ** (1.0 / self.half_life)
             self.step_seconds += weight * (seconds - self.step_seconds)
+        self.last_step_seconds = seconds
         self._provisional = provisional
 
     def observe_eval(self, tokens: int, seconds: float) -> None:
@@ -70,4 +80,4 @@ class StepPlanner:
 
     def eta_seconds(self, step: int, planned: int) -> float:
         """Seconds until the job ends if the plan holds: the planned steps left, then everything after training."""
-        return max(0, planned - step) * (self.step_seconds or 0.0) + self.after_training_seconds()
+        return max(0, planned - step) * (self.planning_seconds or 0.0) + self.after_training_seconds()
