@@ -298,13 +298,21 @@ def run_main_job(name: str = "main", minutes: float = 10.0, data_dir: str | None
         "seconds": {"prepare_data": round(prepared - start, 1), "train": round(trained - prepared, 1),
                     "final_eval": round(evaluated - trained, 1), "after": round(finished - evaluated, 1)},
         "plan": {"first_steps": keeper.plans[0]["steps"] if keeper.plans else None, "final_steps": result.steps,
-                 "changes": len(keeper.plans), "history": keeper.plans[:: max(1, len(keeper.plans) // 20)]},
+                 "changes": len(keeper.plans), "history": _thin(keeper.plans, 20)},
         "machine": {"python": platform.python_version(), "torch": torch.__version__,
                     "transformers": transformers.__version__, "cpu": platform.processor(),
                     "threads": torch.get_num_threads(), "load_average": _load_average(), "commit": git_commit()},
     }
     atomic_write_text(run_dir / "report.json", json.dumps(report, indent=2) + "\n")
     return report
+
+
+def _thin(items: list, keep: int) -> list:
+    """About `keep` evenly spaced items, the first and the last always among them."""
+    if len(items) <= keep:
+        return list(items)
+    every = len(items) / (keep - 1)
+    return [items[round(i * every)] for i in range(keep - 1)] + [items[-1]]
 
 
 def _load_average() -> list[float] | None:
