@@ -61,7 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[name][0])
     parser = argparse.ArgumentParser(prog=f"slimkv {name}", description=COMMANDS[name][1])
     module.add_arguments(parser)
-    args = parser.parse_args(argv[1:])
+    args, unknown = parser.parse_known_args(argv[1:])
+    # a command with an `overrides` argument takes --section.field=value strings anywhere on its line
+    if unknown and isinstance(getattr(args, "overrides", None), list) and all(
+            item.startswith("--") and "=" in item for item in unknown):
+        args.overrides = args.overrides + unknown
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         code = module.run(args)
     except Exception as err:

@@ -8,7 +8,7 @@
 Pretrained GGUF models live in slimkv.data.pretrained (imported only when asked for: it needs transformers + gguf).
 """
 from slimkv.data.corpus import (DEFAULT_SOURCES, DOCUMENT_SEPARATOR, SOURCES, CorpusInfo, FetchError,
-                                default_data_dir, fetch_corpus, read_split_documents)
+                                data_root, fetch_corpus, read_split_documents)
 from slimkv.data.prepare import PreparedData, prepare_data
 from slimkv.data.shards import (PackedDataset, bits_per_byte, encode_documents, encode_split_file, load_shard,
                                 unigram_perplexity, write_shard)
@@ -17,7 +17,7 @@ from slimkv.data.tokenizer import (EOS_TOKEN, document_separator_id, load_tokeni
 
 __all__ = [
     "DEFAULT_SOURCES", "DOCUMENT_SEPARATOR", "EOS_TOKEN", "SOURCES", "CorpusInfo", "FetchError", "PackedDataset",
-    "PreparedData", "bits_per_byte", "default_data_dir", "document_separator_id", "encode_documents",
+    "PreparedData", "bits_per_byte", "data_root", "document_separator_id", "encode_documents",
     "encode_split_file", "fetch_corpus", "load_shard", "load_tokenizer", "prepare_data", "read_corpus_text",
     "read_split_documents", "train_tokenizer", "unigram_perplexity", "write_shard",
 ]

@@ -9,7 +9,9 @@ Layout under the data directory (`$SLIMKV_DATA` or `./data`):
     corpus/manifest.json                  sha256 and byte counts of every archive, source file and split
 
 Every archive is pinned by version and sha256. On reuse every file is checked against the manifest; a missing or
-corrupt text is extracted again from its archive, a missing or corrupt archive is downloaded again.
+corrupt text is extracted again from its archive, a missing or corrupt archive is downloaded again. A split file that
+differs from the manifest (someone replaced `train.txt` with their own text) is never overwritten: fetch_corpus
+refuses with a ValueError that points to `--data.files` (slimkv.data.user_text) instead.
 Normalisation collapses blank-line runs to one blank line, so "\\n\\n\\n" never occurs inside a document and the split
 files can also be cut without the index.
 
@@ -28,13 +30,13 @@ from typing import Callable, Iterable
 
 from tqdm import tqdm
 
-from slimkv.data.files import FetchError, atomic_write_bytes, default_data_dir, sha256_file
+from slimkv.data.files import FetchError, atomic_write_bytes, data_root, sha256_file
 from slimkv.data.sources import (BROWN_GENRES, DEFAULT_SOURCES, SOURCES, Document, Source, detokenise_brown,
                                  download_archive, heldout_description, is_heldout, normalise_text)
 
 __all__ = [
     "BROWN_GENRES", "DEFAULT_SOURCES", "DOCUMENT_SEPARATOR", "SOURCES", "SPLITS", "CorpusInfo", "Document",
-    "FetchError", "Source", "atomic_write_bytes", "default_data_dir", "detokenise_brown", "download_archive",
+    "FetchError", "Source", "atomic_write_bytes", "data_root", "detokenise_brown", "download_archive",
     "fetch_corpus", "heldout_description", "is_heldout", "normalise_text", "read_source_documents",
     "read_split_documents", "sha256_file",
 ]
@@ -60,6 +62,9 @@ class CorpusInfo:
 
     def index_path(self, split: str) -> Path:
         return self.corpus_dir / f"{split}.index.jsonl"
+
+    def split_sha256(self, split: str) -> str:
+        return self.manifest["splits"][split]["file"]["sha256"]
 
     @property
     def sources(self) -> list[str]:
@@ -124,22 +129,38 @@ def _write_split(corpus_dir: Path, split: str, docs: list[Document]) -> dict:
     return {"documents": len(docs), "per_source_bytes": per_source, "text_bytes": sum(per_source.values())}
 
 
+def _refuse_hand_edited_splits(data_dir: Path, old_splits: dict) -> None:
+    """The split files are derived from the sources: never overwrite one that someone replaced or edited."""
+    for split in SPLITS:
+        path = data_dir / "corpus" / f"{split}.txt"
+        entry = old_splits.get(split, {}).get("file")
+        if path.is_file() and not _file_matches(data_dir, entry):
+            how = "was changed by hand (it differs from corpus/manifest.json)" if entry else \
+                "was not written by `slimkv fetch corpus` (corpus/manifest.json does not list it)"
+            raise ValueError(f"{path} {how}; the corpus folder belongs to `slimkv fetch corpus`, so it is left as it "
+                             f"is: to train on your own text, move it out of {path.parent} and pass "
+                             f"--data.files=PATH; to get the built-in corpus back, delete {path.parent}")
+
+
 def fetch_corpus(data_dir: Path | str | None = None, sources: Iterable[str] | str | None = None,
                  skip_unreachable: bool = False, progress: bool = True,
                  log: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> CorpusInfo:
     """Fetch, extract, normalise and split the corpus under `data_dir` (default `$SLIMKV_DATA` or `./data`).
 
     Idempotent: a second call checks every file's sha256 against the manifest and redoes only what is missing or
-    corrupt. With `skip_unreachable`, a source whose client fails is left out (and named through `log`) instead of
-    raising FetchError. Raises ValueError if a split ends up empty (for example when every held-out source failed).
+    corrupt; a split file that differs from the manifest is a ValueError (never overwritten). With
+    `skip_unreachable`, a source whose client fails is left out (and named through `log`) instead of raising
+    FetchError. Raises ValueError if a split ends up empty (for example when every held-out source failed).
     """
-    data_dir = (Path(data_dir) if data_dir is not None else default_data_dir()).resolve()
+    data_dir = data_root(data_dir).resolve()
     names = _parse_sources(sources)
     corpus_dir = data_dir / "corpus"
     downloads_dir = data_dir / "downloads" / "corpus"
     manifest_path = corpus_dir / "manifest.json"
     old = _load_manifest(manifest_path)
     old_sources = old.get("sources", {})
+    # before any download: a hand-edited split stops the fetch with nothing changed
+    _refuse_hand_edited_splits(data_dir, old.get("splits", {}))
     entries: dict[str, dict] = {}
     skipped: list[str] = []
     bar = tqdm(names, desc="corpus", unit="source", disable=not progress)

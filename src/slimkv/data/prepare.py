@@ -1,10 +1,13 @@
-"""`prepare_data`: corpus + tokenizer + token shards in one idempotent call (the main job and the trainer use it).
+"""`prepare_data`: text + tokenizer + token shards in one idempotent call (the main job and the trainer use it).
 
+The text is the fetched corpus by default, or the user's own files (`files=[...]`, see slimkv.data.user_text).
 Layout under the data directory:
 
     corpus/...                                  see slimkv.data.corpus
+    files/<key[:16]>/...                        see slimkv.data.user_text
     tokenizers/bpe-<vocab>-<train sha[:12]>/    tokenizer.json, tokenizer_config.json, meta.json (training time)
-    tokens/<tokenizer sha[:12]>/{train,heldout}.bin + .json
+    tokens/<tokenizer sha[:12]>/{train,heldout}.bin + .json             (the corpus)
+    tokens/<tokenizer sha[:12]>-files-<key[:12]>/{train,heldout}...    (user files)
 
 Every cached file is checked (sha256) before reuse, so a second call takes seconds and a damaged file is rebuilt.
 """
@@ -14,22 +17,27 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 
-from slimkv.data.corpus import SPLITS, CorpusInfo, atomic_write_bytes, default_data_dir, fetch_corpus
+from slimkv.data.corpus import SPLITS, CorpusInfo, atomic_write_bytes, fetch_corpus
+from slimkv.data.files import data_root
 from slimkv.data.shards import PackedDataset, encode_split_file, load_shard, unigram_perplexity
 from slimkv.data.tokenizer import (backend_of, document_separator_id, load_tokenizer, tokenizer_sha256,
                                    train_tokenizer)
+from slimkv.data.user_text import UserTextInfo, prepare_user_text
 
 
 @dataclass
 class PreparedData:
-    """Paths and metadata of a prepared corpus. `shard_meta[split]` holds num_tokens, num_bytes, num_documents."""
+    """Paths and metadata of prepared text. `shard_meta[split]` holds num_tokens, num_bytes, num_documents.
+
+    `corpus` is the fetched corpus (CorpusInfo) or the user's files (UserTextInfo): both give `split_path(split)`.
+    """
 
     data_dir: Path
-    corpus: CorpusInfo
+    corpus: CorpusInfo | UserTextInfo
     tokenizer_path: Path
     tokenizer_sha256: str
     vocab_size: int
@@ -67,8 +75,8 @@ class PreparedData:
                 "timings_s": self.timings}
 
 
-def _trained_tokenizer(corpus: CorpusInfo, vocab_size: int, progress: bool) -> tuple[Path, float]:
-    train_sha = corpus.manifest["splits"]["train"]["file"]["sha256"]
+def _trained_tokenizer(corpus: CorpusInfo | UserTextInfo, vocab_size: int, progress: bool) -> tuple[Path, float]:
+    train_sha = corpus.split_sha256("train")
     folder = corpus.data_dir / "tokenizers" / f"bpe-{vocab_size}-{train_sha[:12]}"
     meta_path = folder / "meta.json"
     if meta_path.is_file() and (folder / "tokenizer.json").is_file():
@@ -100,18 +108,27 @@ def _shard_is_current(bin_path: Path, text_sha: str, tokenizer_sha: str) -> dict
 
 def prepare_data(data_dir: Path | str | None = None, vocab_size: int = 8192, seq_len: int = 256,
                  sources: Iterable[str] | str | None = None, tokenizer: Path | str | None = None,
-                 skip_unreachable: bool = False, progress: bool = True) -> PreparedData:
-    """Fetch the corpus, get a tokenizer, tokenise both splits into shards; reuse whatever is already valid.
+                 skip_unreachable: bool = False, progress: bool = True,
+                 files: Sequence[str | Path] | None = None, text_field: str = "text",
+                 heldout_fraction: float = 0.1) -> PreparedData:
+    """Get the text, get a tokenizer, tokenise both splits into shards; reuse whatever is already valid.
 
+    The text is the fetched corpus (`sources`), or with `files` the user's own text files, JSONL, folders or saved
+    Hugging Face datasets, split into train / held-out by `heldout_fraction` (slimkv.data.user_text).
     tokenizer=None trains a byte-level BPE of `vocab_size` on the train split; otherwise it is a tokenizer.json or
     a Hugging Face folder (e.g. a saved SmolLM2 folder) and `vocab_size` is ignored. Raises ValueError if a split
     is too small for one sequence of seq_len + 1 tokens, FetchError (a ValueError) if a source cannot be fetched.
     """
-    data_dir = (Path(data_dir) if data_dir is not None else default_data_dir()).resolve()
+    data_dir = data_root(data_dir).resolve()
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    corpus = fetch_corpus(data_dir, sources, skip_unreachable=skip_unreachable, progress=progress)
-    timings["corpus"] = round(time.perf_counter() - start, 3)
+    if files:
+        corpus = prepare_user_text(files, data_dir, text_field=text_field, heldout_fraction=heldout_fraction)
+        shard_tag, too_small_hint = f"-{corpus.cache_tag}", "data.heldout_fraction, or give more text"
+    else:
+        corpus = fetch_corpus(data_dir, sources, skip_unreachable=skip_unreachable, progress=progress)
+        shard_tag, too_small_hint = "", "add sources"
+    timings["text"] = round(time.perf_counter() - start, 3)
 
     start = time.perf_counter()
     if tokenizer is None:
@@ -126,19 +143,19 @@ def prepare_data(data_dir: Path | str | None = None, vocab_size: int = 8192, seq
     timings["tokenizer"] = round(time.perf_counter() - start, 3)
 
     start = time.perf_counter()
-    shard_dir = data_dir / "tokens" / tok_sha[:12]
+    shard_dir = data_dir / "tokens" / f"{tok_sha[:12]}{shard_tag}"
     shards: dict[str, Path] = {}
     metas: dict[str, dict] = {}
     for split in SPLITS:
         bin_path = shard_dir / f"{split}.bin"
-        text_sha = corpus.manifest["splits"][split]["file"]["sha256"]
+        text_sha = corpus.split_sha256(split)
         meta = _shard_is_current(bin_path, text_sha, tok_sha)
         if meta is None:
             meta = encode_split_file(corpus.split_path(split), loaded, bin_path, progress=progress)
         shards[split], metas[split] = bin_path, meta
         if (meta["num_tokens"] - 1) // seq_len < 1:
             raise ValueError(f"the {split} split has {meta['num_tokens']} tokens, too few for one sequence of "
-                             f"seq_len + 1 = {seq_len + 1} tokens; lower seq_len or add sources")
+                             f"seq_len + 1 = {seq_len + 1} tokens; lower data.seq_len or {too_small_hint}")
     timings["shards"] = round(time.perf_counter() - start, 3)
     return PreparedData(data_dir=data_dir, corpus=corpus, tokenizer_path=tokenizer_path, tokenizer_sha256=tok_sha,
                         vocab_size=backend.get_vocab_size(with_added_tokens=True),

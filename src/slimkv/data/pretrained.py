@@ -24,6 +24,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..io import atomic_write, check_output_folder, output_folder
+from slimkv.data.files import data_root, sha256_file
 
 
 @dataclass(frozen=True)
@@ -83,22 +84,6 @@ ASSETS = {SMOLLM2.name: SMOLLM2, QWEN2_5_0_5B.name: QWEN2_5_0_5B}
 DONE_MARKER = "slimkv_fetch.json"
 # a folder at data/models/<name> that this fetch did not write is never deleted
 NOT_OURS_HINT = "move it away (or choose another --dest) and fetch again"
-
-
-def data_root(root: str | os.PathLike | None = None) -> Path:
-    """The git-ignored asset directory: `root`, else $SLIMKV_DATA, else ./data."""
-    return Path(root or os.environ.get("SLIMKV_DATA") or "data")
-
-
-def sha256_file(path: Path, progress: bool = False) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f, tqdm(
-        total=path.stat().st_size, unit="B", unit_scale=True, desc=f"sha256 {path.name}", disable=not progress
-    ) as bar:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-            bar.update(len(block))
-    return digest.hexdigest()
 
 
 def _find_wheel(folder: Path, part: WheelPart) -> Path | None:

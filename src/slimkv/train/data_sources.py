@@ -36,7 +36,8 @@ class HeldoutSource(PackedTokenSource):
 
 
 def corpus_sources(cfg: DataConfig, progress: bool = True) -> DataSources:
-    """The fetched corpus (slimkv.data.prepare_data): fetch + tokenizer + shards, cached and checksummed.
+    """The fetched corpus, or the user's `data.files` (slimkv.data.prepare_data): text + tokenizer + shards, cached
+    and checksummed.
 
     Under torchrun rank 0 prepares first while the others wait, so they never write the same cache at once.
     """
@@ -49,7 +50,8 @@ def corpus_sources(cfg: DataConfig, progress: bool = True) -> DataSources:
 
     def prepare(show: bool):
         return prepare_data(cfg.resolved_data_dir(), vocab_size=cfg.tokenizer_vocab_size, seq_len=cfg.seq_len,
-                            tokenizer=cfg.tokenizer or None, progress=show)
+                            tokenizer=cfg.tokenizer or None, progress=show, files=cfg.files or None,
+                            text_field=cfg.text_field, heldout_fraction=cfg.heldout_fraction)
 
     prepared = prepare(progress) if rank == 0 else None
     if distributed:

@@ -13,6 +13,7 @@ from ..io import output_folder
 from .config import RunConfig
 from .data_sources import DataSources
 from .factory import build_model
+from .hf_export import save_model_folder
 from .parallelize import unwrap
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -45,6 +46,5 @@ def export_model(model, config: RunConfig, sources: DataSources, target: Path, *
         fresh.load_state_dict(full_state)
         model = fresh
     with output_folder(target, command="train", overwrite=True) as tmp:
-        model.save_pretrained(tmp)
-        if sources.tokenizer_file is not None:
-            copy_tokenizer(Path(sources.tokenizer_file), tmp)
+        # use_cache, bos/eos/pad ids and a ready tokenizer, so plain generate() and pipeline() work on the folder
+        save_model_folder(model, tmp, sources.tokenizer_file)

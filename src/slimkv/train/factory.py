@@ -45,7 +45,7 @@ def _build_llama(cfg: ModelConfig, vocab_size: int) -> nn.Module:
         tie_word_embeddings=cfg.tie_word_embeddings,
         initializer_range=cfg.initializer_range,
         rms_norm_eps=1e-5,
-        use_cache=False,
+        use_cache=True,
         **cfg.extra,
     )
     return LlamaForCausalLM(hf_config)
@@ -68,7 +68,7 @@ def _build_rodimus(cfg: ModelConfig, vocab_size: int) -> nn.Module:
         max_position_embeddings=cfg.max_position_embeddings,
         tie_word_embeddings=cfg.tie_word_embeddings,
         initializer_range=cfg.initializer_range,
-        use_cache=False,
+        use_cache=True,
     )
     if cfg.arch == "rodimus_plus":
         kwargs.update(num_heads=cfg.num_heads or max(1, cfg.hidden_size // 128), window_size=cfg.window_size)

@@ -53,7 +53,8 @@ class StepRunner:
         with self._autocast():
             if self.fused_loss:
                 return self.model(input_ids=inputs, targets=targets).loss
-            logits = self.model(input_ids=inputs).logits
+            # the models are built with use_cache=True for generate(); training and held-out forwards never step one
+            logits = self.model(input_ids=inputs, use_cache=False).logits
         return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
     def train_step(self, step: int, last_checkpoint=None) -> tuple[float, float, float]:

@@ -66,7 +66,40 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: floa
     return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int):
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, cfg.warmup_steps, total_steps, cfg.min_lr_ratio)
-    )
+class WarmupCosineLR(torch.optim.lr_scheduler.LambdaLR):
+    """`lr_factor` as a scheduler whose horizon can move mid-run (`set_total_steps`: the main job plans the run's
+    length from measured throughput as it goes). The horizon is not part of state_dict: a resumed run takes it from
+    its own config, as before."""
+
+    HORIZON = ("warmup_steps", "total_steps", "min_lr_ratio")
+
+    def __init__(self, optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float):
+        self.warmup_steps, self.total_steps, self.min_lr_ratio = warmup_steps, total_steps, min_lr_ratio
+        super().__init__(optimizer, self._factor)
+
+    def _factor(self, step: int) -> float:
+        return lr_factor(step, self.warmup_steps, self.total_steps, self.min_lr_ratio)
+
+    def set_total_steps(self, total_steps: int, warmup_steps: int | None = None) -> None:
+        """Move the end of the cosine (and optionally the warmup); the lr of the next step follows at once."""
+        self.total_steps = int(total_steps)
+        if warmup_steps is not None:
+            self.warmup_steps = int(warmup_steps)
+        for group, base_lr in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base_lr * self._factor(self.last_epoch)
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        for key in self.HORIZON:
+            state.pop(key, None)
+        state["lr_lambdas"] = [None]
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        horizon = {key: getattr(self, key) for key in self.HORIZON}
+        super().load_state_dict({k: v for k, v in state_dict.items() if k not in self.HORIZON})
+        self.__dict__.update(horizon)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int) -> WarmupCosineLR:
+    return WarmupCosineLR(optimizer, cfg.warmup_steps, total_steps, cfg.min_lr_ratio)

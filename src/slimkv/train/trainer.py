@@ -161,6 +161,12 @@ class Trainer:
         """Mean held-out next-token loss (nats); see StepRunner.evaluate."""
         return self.steps.evaluate()
 
+    def set_total_steps(self, total_steps: int, warmup_steps: int | None = None) -> None:
+        """Move the end of the run mid-run (from a step callback): the loop stops at `total_steps` and the lr
+        schedule reaches its minimum there. The main job uses it to plan from measured throughput as it goes."""
+        self.config.train.steps = int(total_steps)
+        self.scheduler.set_total_steps(total_steps, warmup_steps)
+
     def request_stop(self, reason: str = "SIGINT") -> None:
         """Ask the loop to save and stop after the current step (what Ctrl-C does)."""
         self.stop.reason = reason
