@@ -316,11 +316,11 @@ def _add_lm_tasks_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_lm_tasks(args: argparse.Namespace) -> int:
-    from ..data import default_data_dir
+    from ..data.files import data_root
     from ..eval.lm_harness import MC_TASK, PPL_TASK, write_tasks
 
     documents, what = _haystack_documents(args.text, args.data_dir)
-    out = Path(args.out) if args.out else Path(args.data_dir or default_data_dir()) / "lm_tasks"
+    out = Path(args.out) if args.out else data_root(args.data_dir) / "lm_tasks"
     paths = write_tasks(out, documents, source=what, max_chars=args.max_chars, max_pieces=args.max_pieces,
                         mc_items=args.mc_items, seed=args.seed)
     for task, path in paths.items():
