@@ -60,6 +60,9 @@ def test_export_works_with_auto_classes_and_pipeline(tmp_path, tokenizer_dir, ar
     loaded_tokenizer = AutoTokenizer.from_pretrained(folder)
     assert loaded_tokenizer.pad_token == loaded_tokenizer.eos_token == "<|endoftext|>"
     assert loaded_tokenizer.model_max_length == 64 == config["max_position_embeddings"]
+    # byte-level BPE: no WordPiece space clean-up (transformers warns on every decode otherwise)
+    assert json.loads((folder / "tokenizer_config.json").read_text())["clean_up_tokenization_spaces"] is False
+    assert loaded_tokenizer.decode(loaded_tokenizer("Yes , he said .").input_ids) == "Yes , he said ."
     # batched prompts of different lengths pad without any argument
     batch = loaded_tokenizer(["It is a truth", "a wife"], padding=True, return_tensors="pt")
     assert batch.input_ids.shape[0] == 2 and (batch.input_ids == eos).any()

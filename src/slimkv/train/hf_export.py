@@ -30,6 +30,10 @@ def prepared_tokenizer(tokenizer_source: Path | str, max_length: int | None):
         tokenizer.pad_token = tokenizer.eos_token
     if max_length:
         tokenizer.model_max_length = int(max_length)
+    # byte-level BPE (ours and the fetched pretrained ones) decodes exactly; the WordPiece-era space clean-up
+    # would strip spaces before punctuation
+    tokenizer.clean_up_tokenization_spaces = False
+    tokenizer.init_kwargs["clean_up_tokenization_spaces"] = False
     return tokenizer
 
 
