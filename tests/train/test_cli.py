@@ -191,8 +191,9 @@ def test_count_params_of_every_preset_arch(capsys):
     root = Path(__file__).resolve().parents[2]
     code, out, _ = run_cli(capsys, "train", root / "configs" / "130m.yaml", "--count-params")
     counts = json.loads(out)
-    assert code == 0 and set(counts) == {"rodimus", "rodimus_plus", "llama"}
+    assert code == 0 and set(counts) == {"rodimus", "rodimus_plus", "llama", "mamba2", "gla"}
     assert counts["rodimus"]["layers"] == 24 and counts["rodimus_plus"]["layers"] == 12
-    # the presets keep the three within 5% of each other (non-embedding)
+    assert counts["mamba2"]["layers"] == 26 and counts["gla"]["layers"] == 20
+    # the presets keep all five within 5% of each other (non-embedding)
     sizes = [c["non_embedding"] for c in counts.values()]
     assert max(sizes) / min(sizes) < 1.05

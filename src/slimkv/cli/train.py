@@ -60,7 +60,7 @@ def count_params(config) -> dict[str, dict[str, int]]:
     vocab_size = config.model.vocab_size or (data.synthetic_vocab_size if data.source == "synthetic"
                                              else data.tokenizer_vocab_size)
     counts = {}
-    for arch in ("rodimus", "rodimus_plus", "llama"):
+    for arch in ("rodimus", "rodimus_plus", "llama", "mamba2", "gla"):
         model_cfg = dataclasses.replace(config.model, arch=arch)
         with torch.device("meta"):
             counts[arch] = {"layers": model_cfg.resolved_num_layers(),

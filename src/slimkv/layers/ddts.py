@@ -71,12 +71,28 @@ class DDTSMixer(nn.Module):
         self.out_norm = GatedRMSNorm(e, eps=norm_epsilon, backend=kernel_backend)
         self.out_proj = nn.Linear(e, out_size or d, bias=False)
 
-        # markers read by the model's initialisation (spec section 4)
-        for lin in (self.qk_proj, self.gate_proj, self.channel_gate[0], self.channel_gate[1]):
-            lin._init_xavier_gain = 2**-2.5
-        self.gate_proj._ddts_gate_bias = m
-        self.out_proj._is_residual_out = True
         self.D._no_weight_decay = True
+
+    @torch.no_grad()
+    def reset_parameters(self, std: float = 0.02, residual_std: float | None = None, init=nn.init) -> None:
+        """The official initialisation (docs/rodimus.md, "Initialisation"): normal(std) for the input projection,
+        Xavier-uniform with gain 2^-2.5 for the selection, gate and channel-gate projections, the gate bias that puts
+        softplus(g^) in [1e-3, 1e-1] and sigmoid(t^) in [1/16, 0.9], normal(residual_std) for the output projection
+        (std / sqrt(residual branches x layers), chosen by the model), PyTorch's default for the short conv, D = 1.
+        `init` is the module of init functions (models pass transformers.initialization, which skips loaded weights)."""
+        init.normal_(self.fc.weight, mean=0.0, std=std)
+        init.kaiming_uniform_(self.conv.weight, a=math.sqrt(5))
+        bound = 1 / math.sqrt(self.conv.weight.shape[1] * self.conv.weight.shape[2])
+        init.uniform_(self.conv.bias, -bound, bound)
+        for lin in (self.qk_proj, self.gate_proj, self.channel_gate[0], self.channel_gate[1]):
+            init.xavier_uniform_(lin.weight, gain=2**-2.5)
+        bias = ddts_gate_bias_init(self.mem_size).to(self.gate_proj.bias)
+        # torch.nn.init has no copy_; transformers.initialization's skips a loaded bias
+        init.copy_(self.gate_proj.bias, bias) if hasattr(init, "copy_") else self.gate_proj.bias.copy_(bias)
+        init.zeros_(self.channel_gate[1].bias)
+        init.normal_(self.out_proj.weight, mean=0.0, std=std if residual_std is None else residual_std)
+        init.ones_(self.D)
+        init.ones_(self.out_norm.weight)
 
     def state_shapes(self, batch_size: int) -> dict[str, tuple[int, ...]]:
         return {

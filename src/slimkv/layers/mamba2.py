@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops import decode as decode_ops
 from ..ops.conv import causal_conv1d, causal_conv1d_step
 from ..ops.gla import gla, gla_step
 
@@ -42,6 +43,7 @@ class Mamba2Mixer(nn.Module):
         dt_min: float = 1e-3,
         dt_max: float = 1e-1,
         gla_backend: str = "auto",
+        decode_backend: str = "auto",
     ):
         super().__init__()
         if num_heads % num_b_groups or num_heads % num_c_groups:
@@ -53,7 +55,8 @@ class Mamba2Mixer(nn.Module):
         self.num_heads, self.head_dim, self.state_size = H, P, N
         self.num_b_groups, self.num_c_groups = num_b_groups, num_c_groups
         self.conv_size, self.use_gate, self.conv_activation = conv_size, use_gate, conv_activation
-        self.norm_eps, self.gla_backend = norm_eps, gla_backend
+        self.norm_eps, self.gla_backend, self.decode_backend = norm_eps, gla_backend, decode_backend
+        self.dt_min, self.dt_max = dt_min, dt_max
         self.conv_channels = H * P + (num_b_groups + num_c_groups) * N
 
         self.x_proj = nn.Linear(hidden_size, H * P, bias=proj_bias)
@@ -72,15 +75,18 @@ class Mamba2Mixer(nn.Module):
         self.reset_ssm_parameters(dt_min, dt_max)
 
     @torch.no_grad()
-    def reset_ssm_parameters(self, dt_min: float = 1e-3, dt_max: float = 1e-1) -> None:
-        """Mamba2's init: A in [1, 16], dt log-uniform in [dt_min, dt_max] (through softplus), conv uniform."""
+    def reset_ssm_parameters(self, dt_min: float = 1e-3, dt_max: float = 1e-1, init=nn.init) -> None:
+        """Mamba2's init: A in [1, 16], dt log-uniform in [dt_min, dt_max] (through softplus), conv uniform.
+        `init`: see DDTSMixer.reset_parameters (transformers.initialization leaves loaded tensors alone)."""
         H = self.num_heads
-        self.A_log.copy_(torch.empty(H).uniform_(1, 16).log())
         dt = torch.exp(torch.empty(H).uniform_(math.log(dt_min), math.log(dt_max))).clamp_min(1e-4)
-        self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        for param, value in ((self.A_log, torch.empty(H).uniform_(1, 16).log()),
+                             (self.dt_bias, dt + torch.log(-torch.expm1(-dt)))):
+            value = value.to(param)
+            init.copy_(param, value) if hasattr(init, "copy_") else param.copy_(value)
         bound = self.conv_size ** -0.5
-        self.conv_weight.uniform_(-bound, bound)
-        self.conv_bias.zero_()
+        init.uniform_(self.conv_weight, -bound, bound)
+        init.zeros_(self.conv_bias)
 
     def state_shapes(self, batch_size: int) -> dict[str, tuple[int, ...]]:
         return {
@@ -135,10 +141,48 @@ class Mamba2Mixer(nn.Module):
         else:
             o, new_ssm = gla(q, k, v, log_decay, scale=1.0, initial_state=ssm_state, output_final_state=use_cache,
                              backend=self.gla_backend)
-        y = o.float() + self.D.float()[:, None] * x.float()  # [B, T, H, P]
+        return self._readout(o, x, h), ((new_conv, new_ssm) if use_cache else None)
+
+    def _readout(self, o: torch.Tensor, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """o, x [..., H, P] -> out_proj(RMSNorm_per_head((o + D x) [* SiLU(z)])), in h's dtype."""
+        H, P = self.num_heads, self.head_dim
+        y = o.float() + self.D.float()[:, None] * x.float()
         if self.z_proj is not None:
             y = y * F.silu(self.z_proj(h).float()).unflatten(-1, (H, P))
         y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + self.norm_eps)
         y = (y.flatten(-2) * self.norm_weight.float()).to(h.dtype)
-        out = self.out_proj(y)
-        return out, ((new_conv, new_ssm) if use_cache else None)
+        return self.out_proj(y)
+
+    @torch.no_grad()
+    def step(self, h: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor) -> torch.Tensor:
+        """One decode token: h [B, d] -> [B, out]; both states updated in place (fixed addresses for CUDA graphs)."""
+        H, P = self.num_heads, self.head_dim
+        xbc = torch.cat((self.x_proj(h), self.b_proj(h), self.c_proj(h)), dim=-1)
+        dt = F.softplus(self.dt_proj(h).float() + self.dt_bias.float())  # [B, H]
+        if self.conv_activation:
+            xbc_conv = decode_ops.conv_silu_step(xbc, self.conv_weight, self.conv_bias, conv_state,
+                                                 self.decode_backend)
+        else:
+            xbc_conv, new_conv = causal_conv1d_step(xbc, self.conv_weight, self.conv_bias, conv_state)
+            conv_state.copy_(new_conv)
+        x, b, c = xbc_conv.split([H * P, self.num_b_groups * self.state_size, self.num_c_groups * self.state_size], -1)
+        x = x.unflatten(-1, (H, P))
+        log_decay = -torch.exp(self.A_log.float()) * dt
+        o, new_ssm = gla_step(self._expand_groups(c, self.num_c_groups), self._expand_groups(b, self.num_b_groups),
+                              x * dt.unsqueeze(-1).to(x.dtype), log_decay, ssm_state, 1.0)
+        ssm_state.copy_(new_ssm)
+        return self._readout(o, x, h)
+
+    @torch.no_grad()
+    def reset_parameters(self, std: float = 0.02, residual_std: float | None = None, init=nn.init) -> None:
+        """normal(std) projections (zero biases), normal(residual_std) output projection, Mamba2's A / dt / conv
+        init, D = 1 and unit norm weights. `init`: see DDTSMixer.reset_parameters."""
+        for lin in (self.x_proj, self.b_proj, self.c_proj, self.dt_proj, self.z_proj):
+            if lin is not None:
+                init.normal_(lin.weight, mean=0.0, std=std)
+                if lin.bias is not None:
+                    init.zeros_(lin.bias)
+        init.normal_(self.out_proj.weight, mean=0.0, std=std if residual_std is None else residual_std)
+        self.reset_ssm_parameters(self.dt_min, self.dt_max, init)
+        init.ones_(self.D)
+        init.ones_(self.norm_weight)

@@ -27,6 +27,10 @@ class RMSNorm(nn.Module):
         self.backend = backend
         self.weight = nn.Parameter(torch.ones(dim))
 
+    @torch.no_grad()
+    def reset_parameters(self, std: float = 0.02, residual_std: float | None = None, init=nn.init) -> None:
+        init.ones_(self.weight)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return rms_norm(x, self.weight, self.eps, out_dtype=matmul_dtype(x), backend=self.backend)
 

@@ -37,7 +37,13 @@ class SharedKeyAttention(nn.Module):
         self.k_proj = nn.Linear(hidden_size, self.head_dim, bias=False)
         self.v_proj = nn.Linear(hidden_size, hidden_size, bias=False)
         self.o_proj = nn.Linear(hidden_size, hidden_size, bias=False)
-        self.o_proj._is_residual_out = True
+
+    @torch.no_grad()
+    def reset_parameters(self, std: float = 0.02, residual_std: float | None = None, init=nn.init) -> None:
+        """normal(std) for q/k/v, normal(residual_std) for the output projection (the model picks the scale)."""
+        for lin in (self.q_proj, self.k_proj, self.v_proj):
+            init.normal_(lin.weight, mean=0.0, std=std)
+        init.normal_(self.o_proj.weight, mean=0.0, std=std if residual_std is None else residual_std)
 
     @property
     def ring_slots(self) -> int:

@@ -5,13 +5,18 @@ import math
 
 from transformers import PreTrainedConfig
 
-BLOCK_TYPES = ("rodimus", "rodimus_plus")
+BLOCK_TYPES = ("rodimus", "rodimus_plus", "mamba2", "gla")
+# the Mamba2 baseline's value dims per head (Mamba2's own default)
+MAMBA2_HEAD_DIM = 64
 
 
 class RodimusConfig(PreTrainedConfig):
     r"""
     Args:
-        block_type: "rodimus" (X + DDTS(norm X)) or "rodimus_plus" (two-hop residual with SW-SKA and a SwiGLU FFN).
+        block_type: "rodimus" (X + DDTS(norm X)) or "rodimus_plus" (two-hop residual with SW-SKA and a SwiGLU FFN);
+            the baselines on the same scaffolding: "mamba2" (X + Mamba2(norm X), SSD with state size mem_size, inner
+            width expand_ratio * d in heads of 64) and "gla" (X + GLA(norm X); X + SwiGLU(norm X), num_heads heads of
+            key dim mem_size).
         hidden_size: model width d.  num_hidden_layers: L.  vocab_size: V.
         expand_ratio: DDTS inner width e = align8(d * expand_ratio).  mem_size: m, the state's key size.
         conv_size: short-conv kernel.  input_gate_low_rank: rank of the channel gate ("auto" = max(d // 64, 16)).
@@ -85,8 +90,12 @@ class RodimusConfig(PreTrainedConfig):
         if window_size is not None and (not isinstance(window_size, int) or window_size < 2 or window_size % 2):
             raise ValueError(f"RodimusConfig field 'window_size' must be a positive even number (each query sees "
                              f"window_size // 2 previous tokens) or None, got {window_size!r}")
-        if block_type == "rodimus_plus" and hidden_size % num_heads:
+        if block_type in ("rodimus_plus", "gla") and hidden_size % num_heads:
             raise ValueError(f"hidden_size ({hidden_size}) must be divisible by num_heads ({num_heads})")
+        if block_type == "mamba2" and (int(hidden_size * expand_ratio) + 7) // 8 * 8 % MAMBA2_HEAD_DIM:
+            raise ValueError(f"mamba2: the inner width align8(hidden_size * expand_ratio) must be a multiple of "
+                             f"{MAMBA2_HEAD_DIM} (the head dim); got hidden_size={hidden_size}, "
+                             f"expand_ratio={expand_ratio}")
         head_dim = hidden_size // num_heads
         if rotary_dim is not None and (not isinstance(rotary_dim, int) or rotary_dim < 2 or rotary_dim % 2
                                        or rotary_dim > head_dim):
@@ -127,6 +136,16 @@ class RodimusConfig(PreTrainedConfig):
     def window(self) -> int | None:
         """Previous tokens each SW-SKA query sees (the official training semantics: W // 2)."""
         return None if self.window_size is None else self.window_size // 2
+
+    @property
+    def inner_size(self) -> int:
+        """The mixer's inner width e = align8(d * expand_ratio) (DDTS, Mamba2)."""
+        return (int(self.hidden_size * self.expand_ratio) + 7) // 8 * 8
+
+    @property
+    def residual_branches(self) -> int:
+        """Branches that add into the residual stream per layer (the output-projection init scale)."""
+        return {"rodimus": 1, "rodimus_plus": 3, "mamba2": 1, "gla": 2}[self.block_type]
 
     @property
     def attn_head_dim(self) -> int:

@@ -15,35 +15,52 @@ from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
-from ..layers.ddts import DDTSMixer, ddts_gate_bias_init
+from ..layers.ddts import DDTSMixer
 from ..layers.ffn import SwiGLU
+from ..layers.gla import GLAMixer
+from ..layers.mamba2 import Mamba2Mixer
 from ..layers.norm import RMSNorm
 from ..layers.swska import SharedKeyAttention
 from ..ops.cross_entropy import linear_cross_entropy
 from .cache import RodimusCache
 from .compat import CACHE_KEY, pop_cache, with_cache
-from .configuration import RodimusConfig
+from .configuration import MAMBA2_HEAD_DIM, RodimusConfig
 from .generation import FastGenerationMixin
 
 
 class RodimusLayer(GradientCheckpointingLayer):
+    """One block. Its recurrent mixer by block_type (DDTS for Rodimus/Rodimus+, Mamba2, GLA), then for Rodimus+ the
+    SW-SKA two-hop branch and the FFN, for GLA a plain FFN branch."""
+
     def __init__(self, config: RodimusConfig, layer_idx: int):
         super().__init__()
         self.layer_idx = layer_idx
-        self.plus = config.block_type == "rodimus_plus"
+        kind = config.block_type
+        self.plus = kind == "rodimus_plus"
         kernels = config.kernel_backend
-        self.mixer_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, kernels)
-        self.mixer = DDTSMixer(
-            config.hidden_size, config.expand_ratio, config.mem_size, config.conv_size, config.input_gate_low_rank,
-            config.normalize_epsilon, config.rms_norm_eps, gla_backend=config.gla_backend,
-            decode_backend=config.decode_backend, kernel_backend=kernels,
-        )
+        d = config.hidden_size
+        self.mixer_norm = RMSNorm(d, config.rms_norm_eps, kernels)
+        if kind in ("rodimus", "rodimus_plus"):
+            self.mixer = DDTSMixer(
+                d, config.expand_ratio, config.mem_size, config.conv_size, config.input_gate_low_rank,
+                config.normalize_epsilon, config.rms_norm_eps, gla_backend=config.gla_backend,
+                decode_backend=config.decode_backend, kernel_backend=kernels,
+            )
+        elif kind == "mamba2":
+            self.mixer = Mamba2Mixer(d, config.inner_size // MAMBA2_HEAD_DIM, MAMBA2_HEAD_DIM, config.mem_size,
+                                     conv_size=config.conv_size, use_gate=True, norm_eps=config.rms_norm_eps,
+                                     gla_backend=config.gla_backend, decode_backend=config.decode_backend)
+        else:
+            self.mixer = GLAMixer(d, config.num_heads, config.mem_size, norm_eps=config.rms_norm_eps,
+                                  gla_backend=config.gla_backend)
+        self.attn = self.ffn = None
         if self.plus:
-            self.attn_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, kernels)
-            self.attn = SharedKeyAttention(config.hidden_size, config.num_heads, config.window, config.rope_theta,
+            self.attn_norm = RMSNorm(d, config.rms_norm_eps, kernels)
+            self.attn = SharedKeyAttention(d, config.num_heads, config.window, config.rope_theta,
                                            config.rotary_dim, config.attn_backend, config.decode_backend)
-            self.ffn_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, kernels)
-            self.ffn = SwiGLU(config.hidden_size, config.ffn_size, kernels)
+        if kind in ("rodimus_plus", "gla"):
+            self.ffn_norm = RMSNorm(d, config.rms_norm_eps, kernels)
+            self.ffn = SwiGLU(d, config.ffn_size, kernels)
 
     def state_shapes(self, batch_size: int) -> dict[str, tuple[int, ...]]:
         shapes = self.mixer.state_shapes(batch_size)
@@ -59,16 +76,22 @@ class RodimusLayer(GradientCheckpointingLayer):
         that follows it (ops/norm add_rms_norm)."""
         entry = cache.layers[self.layer_idx] if cache is not None else None
         h, residual = self.mixer_norm.add(addend, residual)
+        carried = entry is not None and cache.seen_tokens > 0
         y, state = self.mixer(
             h,
-            conv_state=entry["conv_state"] if entry and cache.seen_tokens else None,
-            ssm_state=entry["ssm_state"] if entry and cache.seen_tokens else None,
+            conv_state=entry.get("conv_state") if carried else None,
+            ssm_state=entry["ssm_state"] if carried else None,
             padding_mask=padding_mask, use_cache=entry is not None,
         )
         if entry is not None:
-            cache.update(self.layer_idx, conv_state=state[0], ssm_state=state[1])
-        if not self.plus:
+            cache.update(self.layer_idx, **{name: value for name, value in zip(("conv_state", "ssm_state"), state)
+                                            if value is not None})
+        if self.attn is None and self.ffn is None:
             return residual, y
+        if self.attn is None:
+            # GLA block: X + GLA(norm X), then X + FFN(norm X)
+            h, residual = self.ffn_norm.add(y, residual)
+            return residual, self.ffn(h)
         h, residual = self.attn_norm.add(y, residual)
         ring = (entry["key_ring"], entry["value_ring"], entry["ring_valid"]) if entry else None
         a, ring = self.attn(h, positions, padding_mask, ring, seen=cache.seen_tokens if cache is not None else 0)
@@ -83,14 +106,21 @@ class RodimusLayer(GradientCheckpointingLayer):
         """One decode token. The stream is carried as (residual, addend) so each residual add is fused with the
         norm that follows it: this layer's input is residual + addend; returns the same pair for its output."""
         h, residual = self.mixer_norm.add(addend, residual)
-        y = self.mixer.step(h, entry["conv_state"], entry["ssm_state"])
-        if not self.plus:
+        y = self.mixer.step(h, entry.get("conv_state"), entry["ssm_state"])
+        if self.attn is None and self.ffn is None:
             return residual, y
+        if self.attn is None:
+            h, residual = self.ffn_norm.add(y, residual)
+            return residual, self.ffn(h)
         h, residual = self.attn_norm.add(y, residual)
         a = self.attn.step(h, positions, entry["key_ring"], entry["value_ring"], entry["ring_valid"], slot)
         # two-hop residual: norm(X_s + A) feeds the FFN, the stream stays X_s
         h, _ = self.ffn_norm.add(a, residual)
         return residual, self.ffn(h)
+
+
+# layers that own their initialisation (a reset_parameters(std, residual_std, init) method)
+OWN_INIT_LAYERS = (DDTSMixer, SharedKeyAttention, SwiGLU, Mamba2Mixer, GLAMixer, RMSNorm)
 
 
 class RodimusPreTrainedModel(PreTrainedModel):
@@ -100,38 +130,26 @@ class RodimusPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["RodimusLayer"]
     _is_stateful = True
 
+    def _initialize_weights(self, module, is_custom_code: bool = False):
+        # transformers treats models defined outside its library as "custom code" and then marks any module without
+        # parameters of its own (SwiGLU, SharedKeyAttention) initialised without calling _init_weights. Our init
+        # goes through transformers.initialization, which already leaves loaded tensors alone: opt out.
+        return super()._initialize_weights(module, is_custom_code=False)
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        """Official initialisation (shared/spec/rodimus.md section 4)."""
+        """Each slimkv layer initialises its own parameters (its `reset_parameters`, e.g. the official Rodimus init
+        in layers/ddts.py); plain linears and embeddings get normal(initializer_range). transformers applies this
+        children first, so a layer's own rule overrides the default of the linears inside it."""
         cfg = self.config
         std = cfg.initializer_range
-        if isinstance(module, nn.Linear):
-            gain = getattr(module, "_init_xavier_gain", None)
-            if gain is not None:
-                init.xavier_uniform_(module.weight, gain=gain)
-            elif getattr(module, "_is_residual_out", False):
-                n_res = 3 if cfg.block_type == "rodimus_plus" else 1
-                init.normal_(module.weight, mean=0.0, std=std / math.sqrt(n_res * cfg.num_hidden_layers))
-            else:
-                init.normal_(module.weight, mean=0.0, std=std)
-            if module.bias is not None:
-                m = getattr(module, "_ddts_gate_bias", None)
-                if m is not None:
-                    init.copy_(module.bias, ddts_gate_bias_init(m).to(module.bias))
-                else:
-                    init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
+        if isinstance(module, OWN_INIT_LAYERS):
+            residual_std = std / math.sqrt(cfg.residual_branches * cfg.num_hidden_layers)
+            module.reset_parameters(std=std, residual_std=residual_std, init=init)
+        elif isinstance(module, (nn.Linear, nn.Embedding)):
             init.normal_(module.weight, mean=0.0, std=std)
-        elif isinstance(module, nn.Conv1d):
-            # PyTorch's default Conv1d initialisation
-            init.kaiming_uniform_(module.weight, a=math.sqrt(5))
-            fan_in = module.weight.shape[1] * module.weight.shape[2]
-            bound = 1 / math.sqrt(fan_in)
-            init.uniform_(module.bias, -bound, bound)
-        elif isinstance(module, RMSNorm):
-            init.ones_(module.weight)
-        elif isinstance(module, DDTSMixer):
-            init.ones_(module.D)
+            if getattr(module, "bias", None) is not None:
+                init.zeros_(module.bias)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """transformers' save, plus auto_map and a two-line shim importing the installed slimkv (slimkv/hub.py), so
@@ -149,7 +167,7 @@ class RodimusPreTrainedModel(PreTrainedModel):
         names = set()
         for name, p in self.named_parameters():
             leaf = name.rsplit(".", 1)[-1]
-            if leaf == "bias" or leaf == "D" or "norm" in name.rsplit(".", 2)[-2]:
+            if leaf in ("bias", "D", "A_log", "dt_bias", "norm_weight") or "norm" in name.rsplit(".", 2)[-2]:
                 names.add(name)
             elif "embed_tokens" in name and not self.config.tie_word_embeddings:
                 names.add(name)

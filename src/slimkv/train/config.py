@@ -20,8 +20,9 @@ from ..data.files import data_root
 @dataclass
 class ModelConfig:
     # which network: Rodimus (pure recurrent), Rodimus+ (recurrent + sliding-window shared-key attention),
-    # or a Llama-style Transformer baseline (transformers.LlamaForCausalLM)
-    arch: Literal["rodimus", "rodimus_plus", "llama"] = "rodimus_plus"
+    # a Llama-style Transformer baseline (transformers.LlamaForCausalLM), or the Mamba2 / GLA baselines on the
+    # Rodimus scaffolding (mem_size is their state knob: Mamba2 state size N, GLA key dim per head)
+    arch: Literal["rodimus", "rodimus_plus", "llama", "mamba2", "gla"] = "rodimus_plus"
     # token vocabulary; 0 = take it from the data's tokenizer
     vocab_size: int = ranged(0, ge=1, special=(0,))
     # model width d

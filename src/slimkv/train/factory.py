@@ -70,8 +70,10 @@ def _build_rodimus(cfg: ModelConfig, vocab_size: int) -> nn.Module:
         initializer_range=cfg.initializer_range,
         use_cache=True,
     )
+    if cfg.arch in ("rodimus_plus", "gla"):
+        kwargs.update(num_heads=cfg.num_heads or max(1, cfg.hidden_size // 128))
     if cfg.arch == "rodimus_plus":
-        kwargs.update(num_heads=cfg.num_heads or max(1, cfg.hidden_size // 128), window_size=cfg.window_size)
+        kwargs.update(window_size=cfg.window_size)
     kwargs.update(cfg.extra)
     return RodimusForCausalLM(RodimusConfig(**kwargs))
 
@@ -79,6 +81,9 @@ def _build_rodimus(cfg: ModelConfig, vocab_size: int) -> nn.Module:
 register_model_builder("llama", _build_llama)
 register_model_builder("rodimus", _build_rodimus)
 register_model_builder("rodimus_plus", _build_rodimus)
+# the baselines share the Rodimus scaffolding (models/modeling.py block types)
+register_model_builder("mamba2", _build_rodimus)
+register_model_builder("gla", _build_rodimus)
 
 
 def build_model(cfg: ModelConfig, vocab_size: int, seed: int = 0) -> nn.Module:
