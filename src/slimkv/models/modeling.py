@@ -268,8 +268,10 @@ class RodimusModel(RodimusPreTrainedModel):
             past_key_values.seen_tokens += 1
             return BaseModelOutputWithPast(last_hidden_state=h[:, None], **with_cache(past_key_values))
 
-        residual = x.float() if self.config.residual_in_fp32 and x.dtype != torch.float64 else x
-        addend = None
+        # the embedding enters as the first addend onto a zero stream (0 + x is exact), so no layer returns its own
+        # input as an output: FSDP2 warns on such outputs, and the first add fuses with the first norm anyway
+        x = x.float() if self.config.residual_in_fp32 and x.dtype != torch.float64 else x
+        residual, addend = torch.zeros_like(x), x
         for layer in self.layers:
             residual, addend = layer(residual, addend, position_ids, padding_mask, past_key_values)
         if past_key_values is not None and T > 0:
