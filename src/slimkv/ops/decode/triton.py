@@ -147,6 +147,20 @@ def ddts_step(q, k, gates, x, gate_hidden, up_weight, up_bias, x_conv, z, skip, 
 
 
 @triton.jit
+def _gemv_rows(w, vec, r0, E, ROWS: tl.constexpr, BK: tl.constexpr):
+    """float32 dot products of weight rows r0 .. r0 + ROWS (row-major, E columns) with one input vector."""
+    rows = tl.arange(0, ROWS)
+    cols = tl.arange(0, BK)
+    acc = tl.zeros([ROWS], dtype=tl.float32)
+    for k0 in range(0, E, BK):
+        ok = k0 + cols < E
+        v = tl.load(vec + k0 + cols, mask=ok, other=0.0).to(tl.float32)
+        wt = tl.load(w + (r0 + rows)[:, None] * E + k0 + cols[None, :], mask=ok[None, :], other=0.0)
+        acc += tl.sum(wt.to(tl.float32) * v[None, :], axis=1)
+    return acc
+
+
+@triton.jit
 def _ddts_project_kernel(
     x_conv, x, qk_w, gate_w, gate_b, hid_w, qk_out, gate_out, hid_out, E,
     xc_stride, x_stride, qk_stride, g_stride, h_stride,
@@ -157,32 +171,17 @@ def _ddts_project_kernel(
     b = tl.program_id(0).to(tl.int64)
     blk = tl.program_id(1)
     rows = tl.arange(0, ROWS)
-    cols = tl.arange(0, BK)
-    acc = tl.zeros([ROWS], dtype=tl.float32)
     if blk < M2 // ROWS:
         r0 = blk * ROWS
-        for k0 in range(0, E, BK):
-            ok = k0 + cols < E
-            v = tl.load(x_conv + b * xc_stride + k0 + cols, mask=ok, other=0.0).to(tl.float32)
-            w = tl.load(qk_w + (r0 + rows)[:, None] * E + k0 + cols[None, :], mask=ok[None, :], other=0.0)
-            acc += tl.sum(w.to(tl.float32) * v[None, :], axis=1)
+        acc = _gemv_rows(qk_w, x_conv + b * xc_stride, r0, E, ROWS, BK)
         tl.store(qk_out + b * qk_stride + r0 + rows, acc.to(qk_out.dtype.element_ty))
     elif blk < 2 * (M2 // ROWS):
         r0 = blk * ROWS - M2
-        for k0 in range(0, E, BK):
-            ok = k0 + cols < E
-            v = tl.load(x_conv + b * xc_stride + k0 + cols, mask=ok, other=0.0).to(tl.float32)
-            w = tl.load(gate_w + (r0 + rows)[:, None] * E + k0 + cols[None, :], mask=ok[None, :], other=0.0)
-            acc += tl.sum(w.to(tl.float32) * v[None, :], axis=1)
-        acc += tl.load(gate_b + r0 + rows).to(tl.float32)
+        acc = _gemv_rows(gate_w, x_conv + b * xc_stride, r0, E, ROWS, BK) + tl.load(gate_b + r0 + rows).to(tl.float32)
         tl.store(gate_out + b * g_stride + r0 + rows, acc)
     else:
         r0 = blk * ROWS - 2 * M2
-        for k0 in range(0, E, BK):
-            ok = k0 + cols < E
-            v = tl.load(x + b * x_stride + k0 + cols, mask=ok, other=0.0).to(tl.float32)
-            w = tl.load(hid_w + (r0 + rows)[:, None] * E + k0 + cols[None, :], mask=ok[None, :], other=0.0)
-            acc += tl.sum(w.to(tl.float32) * v[None, :], axis=1)
+        acc = _gemv_rows(hid_w, x + b * x_stride, r0, E, ROWS, BK)
         tl.store(hid_out + b * h_stride + r0 + rows, acc.to(hid_out.dtype.element_ty))
 
 
