@@ -29,7 +29,7 @@ from ..device import resolve_device
 from ..errors import UserError, os_error_message
 from . import checkpoint as ckpt
 from .batches import BatchPlan
-from .config import RunConfig
+from .config import RunConfig, validate
 from .data_sources import DataSources, build_sources
 from .export import copy_tokenizer, export_model
 from .factory import build_model, count_parameters
@@ -87,6 +87,8 @@ class Trainer:
     # ---------------------------------------------------------------- setup
     def _setup(self) -> None:
         cfg = self.config
+        # a config built in code (dataclasses.replace, a hand-made RunConfig) gets the same checks as a loaded one
+        validate(cfg)
         self.device = resolve_device(cfg.train.device, what="config field 'train.device'",
                                      index=int(os.environ.get("LOCAL_RANK", "0")))
         self.rank, self.local_rank, self.world_size = init_distributed(cfg.train.parallel, self.device.type)
@@ -101,10 +103,6 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         np.random.seed(cfg.train.seed)
         model = build_model(cfg.model, vocab_size, seed=cfg.train.seed)
-        limit = getattr(model.config, "max_position_embeddings", None)
-        if limit is not None and cfg.data.seq_len > limit:
-            raise ValueError(f"config field 'data.seq_len' ({cfg.data.seq_len}) exceeds the model's position limit "
-                             f"max_position_embeddings ({limit})")
         self.params = count_parameters(model)
         model.to(self.device)
         self.model = parallelize(model, parallel=cfg.train.parallel, device=self.device,
