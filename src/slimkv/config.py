@@ -36,8 +36,6 @@ import typing
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
-import yaml
-
 from .io import atomic_write_text
 
 T = TypeVar("T")
@@ -78,19 +76,22 @@ _RANGE_KEYS = ("ge", "gt", "le", "lt", "even", "special")
 
 def setting(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING, doc: str = "",
             flags: tuple[str, ...] = (), positional: bool = False, parse: Callable[[str], Any] | None = None,
-            shown: str | None = None, metavar: str | None = None, **rules: Any) -> Any:
+            each: bool = False, allow_empty: bool = False, shown: str | None = None, metavar: str | None = None,
+            **rules: Any) -> Any:
     """A dataclass field with what the config system and the command line need to know about it.
 
-    doc: help text (default: the comment above the field). flags: extra command-line names ("--train").
-    positional: a command-line argument without a flag. parse: turns a string (from the command line or YAML)
-    into the field's value (e.g. "zoology" into a tuple of segments). shown: the default as --help prints it.
-    ge/gt/le/lt/even/special: a `Range` checked on every value (each item of a list).
+    doc: help text (default: the comment above the field). flags: the command-line names, replacing --field-name
+    ("--train"; for a bool, a name starting with --no- sets false). positional: a command-line argument without a
+    flag. parse: turns a string (from the command line or YAML) into the field's value (e.g. "zoology" into a
+    tuple of segments); with each=True it turns each item of a list, and the option repeats (--compare a=1
+    --compare b=2). allow_empty: a list option given with no value means the empty list. shown: the default as
+    --help prints it. ge/gt/le/lt/even/special: a `Range` checked on every value (each item of a list).
     """
     unknown = set(rules) - set(_RANGE_KEYS)
     if unknown:
         raise TypeError(f"setting() got unknown arguments {sorted(unknown)}")
     metadata: dict[str, Any] = {"doc": doc, "flags": tuple(flags), "positional": positional, "parse": parse,
-                                "shown": shown, "metavar": metavar}
+                                "each": each, "allow_empty": allow_empty, "shown": shown, "metavar": metavar}
     if rules:
         metadata["range"] = Range(**rules)
     return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
@@ -374,11 +375,13 @@ def _build(cls: type[T], data: dict, prefix: str = "") -> T:
             if isinstance(value, _Override):
                 value = value.raw if _wants_text(hints[name]) else value.parsed
             parse = field.metadata.get("parse")
-            if parse is not None and isinstance(value, str):
-                try:
+            try:
+                if parse is not None and field.metadata.get("each") and isinstance(value, (list, tuple)):
+                    value = [parse(item) if isinstance(item, str) else item for item in value]
+                elif parse is not None and isinstance(value, str):
                     value = parse(value)
-                except ValueError as err:
-                    raise ValueError(f"{_label(where)}: {err}") from None
+            except ValueError as err:
+                raise ValueError(f"{_label(where)}: {err}") from None
             kwargs[name] = _convert(value, hints[name], where)
             if "range" in field.metadata:
                 field.metadata["range"].check(kwargs[name], where)
@@ -413,11 +416,30 @@ def _parse_override(text: str) -> tuple[list[str], _Override]:
     key, raw = text[2:].split("=", 1)
     if not key or any(not part for part in key.split(".")):
         raise ValueError(f"config override {text!r} must look like --section.field=value")
+    return key.split("."), _Override(yaml_scalar(raw), raw)
+
+
+def yaml_scalar(raw: str) -> Any:
+    """A command-line value read as YAML ("3e-4" -> 3e-4, "[a, b]" -> a list, "true" -> True); the text itself when
+    it is not valid YAML. Without PyYAML (a bare GPU image), numbers, true/false and null are still understood."""
+    if raw == "":
+        return ""
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
+        import yaml
+    except ImportError:
+        words = {"true": True, "false": False, "null": None, "none": None}
+        if raw.lower() in words:
+            return words[raw.lower()]
+        for cast in (int, float):
+            try:
+                return cast(raw)
+            except ValueError:
+                pass
+        return raw
+    try:
+        return yaml.safe_load(raw)
     except yaml.YAMLError:
-        value = raw
-    return key.split("."), _Override(value, raw)
+        return raw
 
 
 def _set_path(data: dict, path: list[str], value: Any) -> None:
@@ -502,6 +524,8 @@ def _deep_copy(data: Any) -> Any:
 
 def read_yaml_mapping(path: str | os.PathLike) -> dict:
     """The top-level mapping of a YAML file; one-line errors for a missing file, bad YAML or another shape."""
+    import yaml
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {str(path)!r} does not exist")
@@ -537,6 +561,8 @@ def config_to_dict(config: Any) -> dict:
 
 def dump_config(config: Any, path: str | os.PathLike) -> None:
     """Write the config as YAML, atomically (temp file + os.replace)."""
+    import yaml
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = yaml.safe_dump(config_to_dict(config), sort_keys=False)

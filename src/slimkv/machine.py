@@ -4,8 +4,8 @@
 
 Every JSON slimkv writes with numbers in it (benchmarks, evaluations, the main job's report) carries this header.
 The commit is the real one: $SLIMKV_COMMIT when set (the GPU machines run a copy of the tree without .git; their
-launchers set it), else `git rev-parse HEAD` of the checkout slimkv is imported from, with "-dirty" when src/ has
-uncommitted changes; None when neither is known (an installed wheel), never a made-up value.
+launchers set it), else `git rev-parse HEAD` of the checkout slimkv is imported from (`git_dirty` says whether its
+src/slimkv had uncommitted changes); None when neither is known (an installed wheel), never a made-up value.
 """
 from __future__ import annotations
 
@@ -22,19 +22,28 @@ _PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 def git_commit() -> str | None:
-    """$SLIMKV_COMMIT, else the checkout's HEAD (+ "-dirty" when src/ has changes), else None."""
+    """$SLIMKV_COMMIT, else the checkout's HEAD, else None."""
     if os.environ.get("SLIMKV_COMMIT"):
         return os.environ["SLIMKV_COMMIT"].strip()
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=_PACKAGE_DIR, capture_output=True, text=True,
                               timeout=10)
-        if head.returncode != 0 or not head.stdout.strip():
-            return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", str(_PACKAGE_DIR)], cwd=_PACKAGE_DIR,
-                               capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
-    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    return (head.stdout.strip() or None) if head.returncode == 0 else None
+
+
+def git_dirty() -> bool | None:
+    """True when the checkout's src/slimkv has uncommitted changes; None when that cannot be known (SLIMKV_COMMIT
+    set: a copied tree without .git, or no git)."""
+    if os.environ.get("SLIMKV_COMMIT"):
+        return None
+    try:
+        status = subprocess.run(["git", "status", "--porcelain", "--", str(_PACKAGE_DIR)], cwd=_PACKAGE_DIR,
+                                capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return bool(status.stdout.strip()) if status.returncode == 0 else None
 
 
 def package_version(name: str) -> str | None:
@@ -70,6 +79,7 @@ def machine_header(device: str | torch.device = "cpu") -> dict:
     device = torch.device(device)
     header = {
         "git_commit": git_commit(),
+        "git_dirty": git_dirty(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": device.type,
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),

@@ -21,8 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     tasks = subcommands("eval")
     parser.add_argument("task", metavar="MODEL_OR_TASK", choices=list(tasks),
-                        help="a model folder or run directory (perplexity), or a task: "
-                             + "; ".join(f"{name}: {summary}" for name, (_, summary) in tasks.items()))
+                        help="a model folder or run directory (perplexity), or a task: " + ", ".join(tasks))
 
 
 def run(args: argparse.Namespace) -> int:

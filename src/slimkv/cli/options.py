@@ -95,9 +95,12 @@ def add_config_arguments(parser: argparse.ArgumentParser, schema: type, *, confi
             else:
                 _add(parser, info, names, dest=dest, action=argparse.BooleanOptionalAction,
                      default=argparse.SUPPRESS, help=_help(info))
+        elif kind == "list" and meta.get("each"):
+            _add(parser, info, option_names(info), dest=dest, action="append", metavar=metavar,
+                 default=argparse.SUPPRESS, help=_help(info) + " (repeatable)")
         elif kind in ("list", "dict") and meta.get("parse") is None:
-            _add(parser, info, option_names(info), dest=dest, nargs="+", action="extend", metavar=metavar,
-                 default=argparse.SUPPRESS, help=_help(info))
+            _add(parser, info, option_names(info), dest=dest, nargs="*" if meta.get("allow_empty") else "+",
+                 action="extend", metavar=metavar, default=argparse.SUPPRESS, help=_help(info))
         else:
             _add(parser, info, option_names(info), dest=dest, metavar=metavar, default=argparse.SUPPRESS,
                  help=_help(info))
@@ -173,7 +176,9 @@ def config_from_args(args: argparse.Namespace, schema: type[T], *, base: dict | 
         path = key[len(_PREFIX):]
         info = infos[path]
         kind = _kind(info.type)
-        if kind == "list" and info.metadata.get("parse") is None:
+        if kind == "list" and info.metadata.get("each"):
+            value = list(value)
+        elif kind == "list" and info.metadata.get("parse") is None:
             value = _split_list(value if isinstance(value, list) else [value])
         elif kind == "dict":
             default = data.get(path, info.default if not info.required else {})
