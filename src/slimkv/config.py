@@ -282,6 +282,8 @@ def _is_sequence(origin: Any) -> bool:
 
 def _convert(value: Any, tp: Any, where: str) -> Any:
     """Convert a YAML-loaded (or command-line) value to the declared type `tp`; `where` is the dotted field name."""
+    # a bare container annotation holds anything
+    tp = {dict: dict[Any, Any], list: list[Any], tuple: tuple[Any, ...]}.get(tp, tp)
     origin = get_origin(tp)
     if tp is Any:
         return value
@@ -420,8 +422,9 @@ def _parse_override(text: str) -> tuple[list[str], _Override]:
 
 
 def yaml_scalar(raw: str) -> Any:
-    """A command-line value read as YAML ("3e-4" -> 3e-4, "[a, b]" -> a list, "true" -> True); the text itself when
-    it is not valid YAML. Without PyYAML (a bare GPU image), numbers, true/false and null are still understood."""
+    """A command-line value read as YAML ("3.0e-4" -> 3e-4, "[a, b]" -> a list, "true" -> True; YAML 1.1 leaves
+    "3e-4" text, which a float field converts); the text itself when it is not valid YAML. Without PyYAML (a bare
+    GPU image), numbers, true/false and null are still understood."""
     if raw == "":
         return ""
     try:

@@ -470,6 +470,7 @@ def worker_main(argv: list[str] | None = None) -> int:
     prefix = spec.get("label", spec["kind"])
 
     def log(msg: str) -> None:
+        # the worker's stderr is its log channel: the parent (_run_worker) forwards each line to its own log
         print(f"[{prefix}] {msg}", file=sys.stderr, flush=True)
 
     def save(result: dict) -> None:

@@ -82,8 +82,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, schema: type, *, confi
         metavar = meta.get("metavar") or (info.path.upper() if meta.get("positional") else type_name(info.type))
         dest = _PREFIX + info.path
         if meta.get("positional"):
-            parser.add_argument(dest, metavar=metavar, help=_help(info),
-                                nargs=("?" if not info.required else None) if kind != "list" else "+",
+            # optional for argparse even when required: --config FILE may give it, and a missing one is then the
+            # config system's one-line error ("missing required MODEL")
+            parser.add_argument(dest, metavar=metavar, help=_help(info), nargs="?" if kind != "list" else "*",
                                 default=argparse.SUPPRESS)
         elif kind == "bool":
             names = option_names(info)
@@ -193,8 +194,14 @@ def split_unknown(parser: argparse.ArgumentParser, unknown: Sequence[str], *, ov
     anything else is a one-line UserError naming the closest known option."""
     kept = []
     known = [name for action in parser._actions for name in action.option_strings]
-    for item in unknown:
-        if overrides and item.startswith("--") and "=" in item and "." in item.split("=", 1)[0]:
+    items = list(unknown)
+    while items:
+        item = items.pop(0)
+        dotted = item.startswith("--") and "." in item.split("=", 1)[0]
+        if overrides and dotted and "=" not in item and items and not items[0].startswith("--"):
+            # --section.field VALUE, written like any other option
+            item = f"{item}={items.pop(0)}"
+        if overrides and dotted and "=" in item:
             kept.append(item)
             continue
         name = item.split("=", 1)[0]

@@ -61,7 +61,8 @@ LEGACY_ZERO = ("num_heads", "num_key_value_heads", "intermediate_size")
 
 ModelConfig = make_dataclass(
     "ModelConfig",
-    [(o.name, o.type, setting(o.default, doc=o.doc, **o.range)) for o in model_options()]
+    [(o.name, o.type, setting(o.default, doc=o.doc, **o.range, **({"special": (0,)} if o.name in LEGACY_ZERO else {})))
+     for o in model_options()]
     # any further Hugging Face config fields, passed to the model config unchecked
     + [("extra", dict[str, Any], setting(default_factory=dict, doc="any further Hugging Face config fields, "
                                          "passed to the model config unchecked"))],
