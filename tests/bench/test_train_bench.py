@@ -35,7 +35,7 @@ from slimkv.cli.main import main  # noqa: E402
 
 
 def test_llama_matched_to_rodimus_1_4b_has_25_layers():
-    # shared/spec/peers.md: 25 Llama layers match Rodimus-1.4B's parameter count
+    # docs/rodimus.md section 7: 25 Llama layers match Rodimus-1.4B's parameter count
     layers, rodimus, llama = matched_llama_layers("rodimus")
     assert layers == 25 and abs(llama - rodimus) / rodimus < 0.02
     assert 1.5e9 < rodimus < 1.56e9

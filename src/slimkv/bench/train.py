@@ -52,7 +52,7 @@ VOCAB = 126464
 RODIMUS_SHAPES = {
     # Rodimus-1.4B: d 2048, 48 layers, m 64, expand 2 (1.53B parameters with the tied 126k embedding)
     "rodimus": dict(block_type="rodimus", hidden_size=2048, num_hidden_layers=48, mem_size=64, expand_ratio=2.0),
-    # Rodimus+-1.6B: 24 layers, 16 SW-SKA heads, window 4096 (shared/spec/rodimus.md section 5)
+    # Rodimus+-1.6B: 24 layers, 16 SW-SKA heads, window 4096 (docs/rodimus.md section 5)
     "rodimus_plus": dict(block_type="rodimus_plus", hidden_size=2048, num_hidden_layers=24, mem_size=64,
                          expand_ratio=2.0, num_heads=16, window_size=4096),
 }

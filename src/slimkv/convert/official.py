@@ -1,4 +1,4 @@
-"""Official Rodimus checkpoints (codefuse-ai/rodimus layout, shared/spec/rodimus.md section 5) <-> slimkv.
+"""Official Rodimus checkpoints (codefuse-ai/rodimus layout, docs/rodimus.md section 5) <-> slimkv.
 
 Every conversion is an explicit key map; loading never executes code from a checkpoint (weights_only=True,
 safetensors). Outputs are built in a hidden sibling folder and swapped into place only when complete

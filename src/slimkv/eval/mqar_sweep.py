@@ -38,7 +38,7 @@ STATE_FIELDS: dict[str, str | None] = {
     "llama": None,                # the Transformer: its KV cache grows with the context
 }
 
-# Rodimus paper Fig. 1b: accuracy at sequence length 1024 with 256 key-value pairs (shared/spec/rodimus.md, sec. 6)
+# Rodimus paper Fig. 1b: accuracy at sequence length 1024 with 256 key-value pairs (docs/rodimus.md section 6)
 PAPER_FIG1B: dict[str, dict[int, float]] = {
     "rodimus_plus": {16: 0.37, 32: 0.72, 64: 0.91, 128: 0.97, 256: 0.97},
     "rodimus": {16: 0.25, 32: 0.37, 64: 0.65, 128: 0.74, 256: 0.82},

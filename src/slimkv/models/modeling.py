@@ -102,7 +102,7 @@ class RodimusPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        """Official initialisation (shared/spec/rodimus.md section 4)."""
+        """Official initialisation (docs/rodimus.md section 4)."""
         cfg = self.config
         std = cfg.initializer_range
         if isinstance(module, nn.Linear):
