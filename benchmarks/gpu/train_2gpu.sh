@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # 2-GPU verification of `slimkv train` (issue 3 item 4): the 130m Rodimus+ preset under torchrun with NCCL, once with
 # DDP and once with FSDP2, on synthetic tokens (no corpus needed), each for about a minute of training.
-# Writes $OUT/train_2gpu.json: tokens/s (training steps only, first step excluded), peak CUDA memory per rank,
-# final loss, step count, versions. Run from the repository root on a machine with 2 GPUs:
-#     OUT=/tmp/out bash benchmarks/gpu/train_2gpu.sh
+# Writes $OUT/train_2gpu.json (default OUT: runs/bench/train-2gpu): tokens/s (training steps only, first step
+# excluded), peak CUDA memory per rank, final loss, step count, and the shared machine header (the real commit:
+# SLIMKV_COMMIT, else git). Promote it with `slimkv bench promote $OUT`. Run from the repository root on 2 GPUs:
+#     OUT=/tmp/out SLIMKV_COMMIT=$(git rev-parse HEAD) bash benchmarks/gpu/train_2gpu.sh
 # Environment knobs: SECONDS_PER_ENGINE (default 60), ENGINES (default "ddp fsdp"), MICRO (default 8),
 # CONFIG (default configs/130m.yaml), EXTRA (more --field=value overrides, e.g. for a CPU smoke test).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-OUT="${OUT:-benchmarks/results}"
+OUT="${OUT:-runs/bench/train-2gpu}"
 SECONDS_PER_ENGINE="${SECONDS_PER_ENGINE:-60}"
 ENGINES="${ENGINES:-ddp fsdp}"
 MICRO="${MICRO:-8}"
@@ -32,14 +33,14 @@ for engine in $ENGINES; do
 done
 
 python - "$RUNS" "$OUT/train_2gpu.json" $ENGINES <<'PY'
-import json, os, subprocess, sys, pathlib, platform
+import json, os, sys, pathlib, platform
 import torch, transformers
+from slimkv.bench.harness import machine_header, write_json
 runs, out, engines = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), sys.argv[3:]
-try:
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip() or None
-except OSError:
-    commit = None
+header = machine_header("cuda" if torch.cuda.is_available() else "cpu")
+commit = header["git_commit"]
 report = {
+    "header": header,
     "what": "slimkv train, " + os.environ.get("CONFIG", "configs/130m.yaml") + ", arch rodimus_plus, synthetic tokens, torchrun --nproc_per_node=2",
     "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else [],
     "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
@@ -57,7 +58,7 @@ for engine in engines:
         "params": summary["params"], "tokens_per_step": summary["tokens_seen"] // max(1, summary["steps"]),
         "device": summary["device"], "world_size": summary["world_size"],
     }
-out.write_text(json.dumps(report, indent=2) + "\n")
+write_json(out, report)
 print(json.dumps(report, indent=2))
 PY
 rm -rf "$RUNS"

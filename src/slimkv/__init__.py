@@ -1,9 +1,25 @@
 """slimkv: language models whose inference memory does not grow with context.
 
-`import slimkv` registers RodimusConfig / RodimusForCausalLM with transformers' Auto classes.
+`import slimkv` registers RodimusConfig / RodimusForCausalLM and the RecurFormer classes with transformers' Auto
+classes as soon as transformers is imported (slimkv/registration.py), so importing the light parts
+(`import slimkv.ops`, `slimkv.config`) never pulls in transformers. `slimkv.RodimusConfig` and the other names below
+import their module on first use.
 """
-from .models import RodimusConfig, RodimusForCausalLM, RodimusModel  # noqa: F401  (registers Auto classes)
-from . import recurformer  # noqa: F401,E402  (registers RecurFormerConfig / RecurFormerForCausalLM)
+from . import registration
 
 __version__ = "0.1.0"
 __all__ = ["RodimusConfig", "RodimusForCausalLM", "RodimusModel", "__version__"]
+
+# public name -> the module that defines it (imported on first access)
+_LAZY = {"RodimusConfig": "slimkv.models", "RodimusForCausalLM": "slimkv.models", "RodimusModel": "slimkv.models"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'slimkv' has no attribute {name!r}")
+
+
+registration.install()

@@ -296,3 +296,10 @@ def _read_pid(fd: int) -> str:
             return text
         time.sleep(0.01)
     return "unknown"
+
+
+def write_json(path: str | os.PathLike, data: object, indent: int = 2) -> Path:
+    """`data` as indented JSON (one trailing newline), written atomically; returns the path."""
+    path = Path(path)
+    atomic_write_text(path, json.dumps(data, indent=indent) + "\n")
+    return path

@@ -35,7 +35,7 @@ from slimkv.cli.main import main  # noqa: E402
 
 
 def test_llama_matched_to_rodimus_1_4b_has_25_layers():
-    # shared/spec/peers.md: 25 Llama layers match Rodimus-1.4B's parameter count
+    # docs/rodimus.md section 7: 25 Llama layers match Rodimus-1.4B's parameter count
     layers, rodimus, llama = matched_llama_layers("rodimus")
     assert layers == 25 and abs(llama - rodimus) / rodimus < 0.02
     assert 1.5e9 < rodimus < 1.56e9
@@ -174,7 +174,7 @@ def test_cli_without_a_gpu_is_one_line_and_exit_2(capsys):
 
 def test_gla_bytes_against_the_floor_at_the_rodimus_shape():
     # docs/kernels.md "GLA: the folded backward": 1.59x the floor forward, 2.07x forward + backward
-    from slimkv.bench.gpu_ops import Shape, floors, gla_design_bytes
+    from slimkv.bench.kernels import Shape, floors, gla_design_bytes
 
     ceilings = {"copy_bytes_per_s": 4e12, "bf16_flop_per_s": 7.8e14}
     for mode, ratio in (("fwd", 1.59), ("fwd_bwd", 2.07)):

@@ -1,4 +1,4 @@
-"""Random checkpoints in the OFFICIAL layout, built from the key table of shared/spec/rodimus.md section 5 only."""
+"""Random checkpoints in the OFFICIAL layout, built from the key table of docs/rodimus.md section 5 only."""
 from __future__ import annotations
 
 import json

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from slimkv.cli.fetch import resolve_asset
+from slimkv.data.assets import resolve_asset
 from slimkv.cli.main import main as slimkv_main
 from slimkv.data import DOCUMENT_SEPARATOR, FetchError, fetch_corpus, read_split_documents
 from slimkv.data.corpus import (SOURCES, Document, Source, detokenise_brown, download_archive, is_heldout,

@@ -1,5 +1,5 @@
 """An independent float64 reference of the OFFICIAL Rodimus / Rodimus+ forward, written from
-shared/spec/rodimus.md sections 1-3 and operating directly on the official state dict and config.json.
+docs/rodimus.md sections 1-3 and operating directly on the official state dict and config.json.
 
 Deliberately shares no code with slimkv: plain loops, explicit formulas.
 """

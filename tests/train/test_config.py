@@ -1,87 +1,8 @@
-import dataclasses
-from dataclasses import dataclass, field
-from typing import Literal, Optional
-
+"""The run config of `slimkv train` (train/config.py): the presets, the model section built by the model's own config,
+and the rules that span sections."""
 import pytest
-import yaml
 
-from slimkv.config import config_from_dict, config_to_dict, dump_config, load_config
 from slimkv.train.config import RunConfig, load_run_config
-
-
-@dataclass
-class Inner:
-    width: int
-    rate: float = 0.5
-    names: list[str] = field(default_factory=list)
-    table: dict[str, int] = field(default_factory=dict)
-    mode: Literal["a", "b"] = "a"
-    maybe: Optional[int] = None
-
-
-@dataclass
-class Outer:
-    inner: Inner
-    flag: bool = False
-    label: str = "x"
-
-
-def write(tmp_path, data):
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
-def test_yaml_and_overrides_are_type_converted(tmp_path):
-    path = write(tmp_path, {"inner": {"width": 3}, "label": "y"})
-    cfg = load_config(path, ["--inner.rate=3e-4", "--flag=true", "--inner.names=[p, q]", "--inner.table.k=7",
-                             "--inner.mode=b", "--inner.maybe=4", "--label=12"], schema=Outer)
-    assert cfg == Outer(Inner(3, 3e-4, ["p", "q"], {"k": 7}, "b", 4), True, "12")
-    assert isinstance(cfg.inner.rate, float) and isinstance(cfg.label, str)
-
-
-def test_float_field_accepts_yaml_1_1_exponent_strings():
-    # YAML 1.1 reads "1e-3" (no dot) as a string; the float field still gets a float
-    cfg = config_from_dict(Outer, {"inner": {"width": 1, "rate": "1e-3"}})
-    assert cfg.inner.rate == 1e-3
-
-
-@pytest.mark.parametrize(
-    "data, overrides, message",
-    [
-        ({"inner": {"width": 1, "colour": 2}}, [], "unknown config field 'inner.colour'"),
-        ({"inner": {"width": 1}}, ["--inner.depth=3"], "unknown config field 'inner.depth'"),
-        ({"inner": {}}, [], "missing required config field 'inner.width'"),
-        ({"inner": {"width": "wide"}}, [], "config field 'inner.width' must be an integer"),
-        ({"inner": {"width": 1.5}}, [], "config field 'inner.width' must be an integer"),
-        ({"inner": {"width": 1, "mode": "c"}}, [], "config field 'inner.mode' must be one of ['a', 'b']"),
-        ({"inner": {"width": 1}, "flag": "maybe"}, [], "config field 'flag' must be true or false"),
-        ({"inner": {"width": 1}}, ["inner.width=3"], "must look like --section.field=value"),
-        ({"inner": {"width": 1}}, ["--label.x=3"], "config field 'label' has no sub-field 'x'"),
-    ],
-)
-def test_bad_fields_are_one_line_value_errors(data, overrides, message):
-    with pytest.raises(ValueError) as info:
-        config_from_dict(Outer, data, overrides)
-    assert message in str(info.value)
-    assert "\n" not in str(info.value)
-
-
-def test_missing_file_and_bad_yaml(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        load_config(tmp_path / "nope.yaml", schema=Outer)
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("inner: [unclosed\n")
-    with pytest.raises(ValueError, match="not valid YAML"):
-        load_config(bad, schema=Outer)
-
-
-def test_dump_round_trips(tmp_path):
-    cfg = Outer(Inner(3, 0.25, ["a"], {"k": 1}, "b"), True, "z")
-    dump_config(cfg, tmp_path / "out" / "config.yaml")
-    again = load_config(tmp_path / "out" / "config.yaml", schema=Outer)
-    assert again == cfg
-    assert config_to_dict(again) == dataclasses.asdict(cfg)
 
 
 def test_every_preset_loads_and_is_complete():
@@ -107,3 +28,48 @@ def test_run_config_cross_field_rules(tmp_path):
         run_config_from_dict({"model": {"arch": "llama", "layers_by_arch": {"rodimus": 2}}})
     with pytest.raises(ValueError, match="'train.batch_size' \\(6\\) must be a multiple"):
         run_config_from_dict({"model": {"num_hidden_layers": 2}, "train": {"batch_size": 6, "micro_batch_size": 4}})
+
+
+def test_every_model_option_is_settable_and_validated_by_the_model_config():
+    from slimkv.models.factory import rodimus_options
+    from slimkv.train.config import ModelConfig, run_config_from_dict
+
+    base = {"model": {"arch": "rodimus_plus", "num_hidden_layers": 2, "hidden_size": 64},
+            "data": {"source": "synthetic", "seq_len": 16}}
+    cfg = run_config_from_dict(base, ["--model.gla_backend=chunked", "--model.attn_backend=chunked",
+                                      "--model.decode_backend=torch", "--model.kernel_backend=torch",
+                                      "--model.rope_theta=500000", "--model.rotary_dim=16"])
+    built = cfg.model.model_config(100)
+    assert (built.gla_backend, built.attn_backend, built.decode_backend, built.kernel_backend) == \
+        ("chunked", "chunked", "torch", "torch")
+    assert built.rope_theta == 500000.0 and built.rotary_dim == 16 and built.block_type == "rodimus_plus"
+    # the section's options are RodimusConfig's own, under its names and with its defaults
+    fields = {f.name for f in __import__("dataclasses").fields(ModelConfig)}
+    assert {o.name for o in rodimus_options()} <= fields and "block_type" not in fields
+    assert ModelConfig().num_heads is None and ModelConfig().window_size == 4096
+    # a value only the model config can judge is refused by it, before any run folder exists
+    with pytest.raises(ValueError, match="rotary_dim"):
+        run_config_from_dict(base, ["--model.rotary_dim=1000"])
+    with pytest.raises(ValueError, match="did you mean 'model.gla_backend'"):
+        run_config_from_dict(base, ["--model.gla_backnd=chunked"])
+    with pytest.raises(ValueError, match="'model.arch' is 'rodimus_pls'; known: .*did you mean 'rodimus_plus'"):
+        run_config_from_dict(base, ["--model.arch=rodimus_pls"])
+
+
+def test_the_llama_baseline_is_matched_to_the_same_sizes():
+    from slimkv.train.config import run_config_from_dict
+
+    cfg = run_config_from_dict({"model": {"arch": "llama", "num_hidden_layers": 3, "hidden_size": 128,
+                                          "mem_size": 16, "window_size": 8}, "data": {"seq_len": 16}})
+    llama = cfg.model.model_config(50)
+    assert type(llama).__name__ == "LlamaConfig" and llama.num_attention_heads == 2 and llama.num_hidden_layers == 3
+    assert llama.intermediate_size == 384 and llama.num_key_value_heads == 2 and llama.vocab_size == 50
+
+
+def test_legacy_zero_means_derive_it():
+    from slimkv.train.config import run_config_from_dict
+
+    cfg = run_config_from_dict({"model": {"num_hidden_layers": 2, "num_heads": 0, "intermediate_size": 0},
+                                "data": {"seq_len": 16}})
+    assert cfg.model.num_heads is None and cfg.model.intermediate_size is None
+    assert cfg.model.model_config(10).num_heads == 1024 // 128

@@ -21,13 +21,16 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal, Optional
 
 import torch
+
+from ..config import ranged, setting
+from .harness import machine_header, sync, write_json, write_png
 
 logger = logging.getLogger(__name__)
 
@@ -37,25 +40,55 @@ HIDDEN = 2048
 
 @dataclass
 class DecodeBenchConfig:
-    out: str = "runs/bench/decode"
-    device: str = "cuda"
+    """`slimkv bench decode`: which models, contexts and sections `run_decode_bench` measures."""
+
+    # the run folder for decode.json and decode.png
+    out: str = setting("runs/bench/decode", metavar="DIR")
+    # auto = cuda when a GPU is visible, else cpu
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # models to time: rodimus, rodimus_plus, llama
     models: tuple[str, ...] = ("rodimus", "rodimus_plus", "llama")
-    contexts: tuple[int, ...] = (1024, 8192, 32768, 131072)
-    llama_contexts: tuple[int, ...] = (1024, 8192, 32768)
+    # prompt lengths at batch 1
+    contexts: tuple[int, ...] = ranged((1024, 8192, 32768, 131072), ge=1)
+    # Llama's prompt lengths (none = the contexts up to 32K)
+    llama_contexts: tuple[int, ...] = ()
     # Llama's compiled path costs ~27 s of compilation per length; the targets compare it from 8K on
     llama_best_contexts: tuple[int, ...] = (8192, 32768)
-    new_tokens: int = 128
-    repeats: int = 3
-    batch: int = 16
-    batch_context: int = 8192
-    capacity_context: int = 32768
+    # tokens per timed call
+    new_tokens: int = ranged(128, ge=2)
+    # timed calls per measurement (the median is reported)
+    repeats: int = ranged(3, ge=1)
+    # the batched measurement's batch
+    batch: int = ranged(16, ge=1)
+    batch_context: int = ranged(8192, ge=1)
+    capacity_context: int = ranged(32768, ge=1)
+    # Llama's static cache + torch.compile path beside its default generate()
     llama_best: bool = True
+    # every fused decode kernel against its spec, and graph decode == eager decode (GPU only)
     check: bool = True
-    profile: bool = True
-    budget_s: float = 540.0
+    # a per-kernel profile of one step (none = on CUDA only)
+    profile: Optional[bool] = None
+    # seconds before later sections are skipped
+    budget_s: float = setting(520.0, flags=("--budget",), gt=0)
     # CPU smoke runs: a small width and depth instead of the 1.4B shapes
     tiny: bool = False
+    # torch CPU threads (0 = torch's choice)
+    threads: int = ranged(0, ge=0)
+    # per-model config overrides, e.g. {"llama": {"num_hidden_layers": 25}}
     extra: dict = field(default_factory=dict)
+
+    def resolved(self) -> "DecodeBenchConfig":
+        """The device resolved and the derived defaults filled in (what the JSON records)."""
+        from ..device import resolve_device
+
+        device = resolve_device(self.device).type
+        unknown = [m for m in self.models if m not in ("rodimus", "rodimus_plus", "llama")]
+        if unknown:
+            raise ValueError(f"bench decode: unknown model(s) {', '.join(unknown)}; choose rodimus, rodimus_plus, "
+                             "llama")
+        return replace(self, device=device,
+                       llama_contexts=self.llama_contexts or tuple(c for c in self.contexts if c <= 32768),
+                       profile=device == "cuda" if self.profile is None else self.profile)
 
 
 def build_model(kind: str, max_positions: int, tiny: bool = False, **overrides):
@@ -81,16 +114,12 @@ def build_model(kind: str, max_positions: int, tiny: bool = False, **overrides):
     raise ValueError(f"bench decode: unknown model {kind!r}; choose rodimus, rodimus_plus or llama")
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _timed(fn, device) -> float:
-    _sync(device)
+    """Wall seconds of one call, the device synchronised before and after (generate() includes host work)."""
+    sync(device)
     start = time.perf_counter()
     fn()
-    _sync(device)
+    sync(device)
     return time.perf_counter() - start
 
 
@@ -251,12 +280,12 @@ def profile_step(model, ids, steps: int = 5) -> dict:
     for _ in range(20):
         graphs.replay(model, state, plan, eos, True)
     end.record()
-    _sync(device)
+    sync(device)
     graph_ms = start.elapsed_time(end) / 20
     with torch.no_grad(), profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(steps):
             graphs.replay(model, state, plan, eos, False)
-        _sync(device)
+        sync(device)
     rows = []
     for e in prof.key_averages():
         total = getattr(e, "self_device_time_total", 0) or getattr(e, "self_cuda_time_total", 0)
@@ -285,8 +314,13 @@ def llama_best_kwargs(model, max_cache_len: int):
     return kwargs
 
 
-def run_decode_bench(cfg: DecodeBenchConfig, header: dict) -> dict:
+def run_decode_bench(cfg: DecodeBenchConfig, header: dict | None = None) -> dict:
+    """Every section within cfg.budget_s; decode.json (+ png) rewritten after each; returns the report."""
+    cfg = cfg.resolved()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device)
+    header = header if header is not None else bench_env_header(cfg.device)
     out = Path(cfg.out)
     report = {"header": header, "config": {k: (list(v) if isinstance(v, tuple) else v)
                                            for k, v in cfg.__dict__.items()}, "sections": {}}
@@ -299,7 +333,7 @@ def run_decode_bench(cfg: DecodeBenchConfig, header: dict) -> dict:
         report["sections"][section] = value
         report["elapsed_s"] = time.perf_counter() - started
         write_report(report, out)
-        print(f"[{report['elapsed_s']:.0f}s] {section}: {json.dumps(value, default=str)[:600]}", flush=True)
+        logger.info("[%.0fs] %s: %s", report["elapsed_s"], section, json.dumps(value, default=str)[:600])
 
     def guarded(section: str, fn) -> None:
         """One failing section is recorded and the run goes on with the next."""
@@ -450,23 +484,19 @@ def capacity(model, kind: str, context: int, new: int) -> dict:
 
 
 def write_report(report: dict, out: Path) -> None:
-    from ..io import atomic_write_text
-
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "decode.json", json.dumps(report, indent=1, default=str) + "\n")
+    write_json(out / "decode.json", report)
     try:
-        plot(report, out / "decode.png")
+        write_png(out / "decode.png", plot(report))
     except Exception as err:  # a plot must never lose the numbers
         logger.warning("decode.png not written: %s", err)
 
 
-def plot(report: dict, path: Path) -> None:
+def plot(report: dict):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from ..io import atomic_write_bytes
 
     sections = report["sections"]
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
@@ -498,12 +528,7 @@ def plot(report: dict, path: Path) -> None:
     fig.text(0.01, 0.01, f"commit {str(header.get('git_commit'))[:12]}  torch {header.get('torch')}  "
              f"transformers {header.get('transformers')}", fontsize=7, color="gray")
     fig.tight_layout()
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    return fig
 
 
 def print_table(report: dict) -> str:
@@ -534,15 +559,5 @@ def print_table(report: dict) -> str:
 
 
 def bench_env_header(device: str) -> dict:
-    from .ops import machine_header
-
-    header = machine_header(device)
-    try:
-        import transformers
-
-        header["transformers"] = transformers.__version__
-    except ImportError:
-        pass
-    if os.environ.get("SLIMKV_COMMIT"):
-        header["git_commit"] = os.environ["SLIMKV_COMMIT"]
-    return header
+    """The shared machine header (slimkv/machine.py: the real commit, versions, device)."""
+    return machine_header(device)

@@ -14,13 +14,16 @@ forward+backward, beside the fewest bytes the op must move (each input read once
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 from typing import Callable
 
 import torch
 
-from .gpu_ops import _nan_empty, _rel_err
+from .harness import nan_filled_empty, relative_error
+
+logger = logging.getLogger(__name__)
 
 BOUNDS = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
 # (rows N, d, e, m, f, V) per scale
@@ -45,7 +48,7 @@ def _compare(name: str, dtype: torch.dtype, shape: str, fn: Callable, inputs: li
         outs = [o for o in (outs if isinstance(outs, tuple) else (outs,)) if o is not None]
         return xs, outs
 
-    with _nan_empty():
+    with nan_filled_empty():
         xs, outs = run("triton", lambda t: t)
         weights = [torch.randn(o.shape, dtype=torch.float64, device=o.device) for o in outs]
         loss = sum((o.double() * w).sum() for o, w in zip(outs, weights))
@@ -54,8 +57,8 @@ def _compare(name: str, dtype: torch.dtype, shape: str, fn: Callable, inputs: li
     xs_ref, outs_ref = run("torch", lambda t: t.double() if t.is_floating_point() else t)
     loss_ref = sum((o * w).sum() for o, w in zip(outs_ref, weights))
     grads_ref = torch.autograd.grad(loss_ref, [x for x in xs_ref if x is not None and x.requires_grad])
-    errors = {f"out{i}": _rel_err(a, b) for i, (a, b) in enumerate(zip(outs, outs_ref))}
-    errors.update({f"grad{i}": _rel_err(a, b) for i, (a, b) in enumerate(zip(grads, grads_ref))})
+    errors = {f"out{i}": relative_error(a, b) for i, (a, b) in enumerate(zip(outs, outs_ref))}
+    errors.update({f"grad{i}": relative_error(a, b) for i, (a, b) in enumerate(zip(grads, grads_ref))})
     bound = bound if bound is not None else BOUNDS[dtype]
     worst = max(errors.values())
     return {"op": name, "dtype": str(dtype).replace("torch.", ""), "shape": shape, "errors": errors, "bound": bound,
@@ -142,11 +145,11 @@ def _ce_checks(s, device, gen):
     results = {}
     for backend in ("triton", "torch"):
         hh, ww = h.clone().requires_grad_(True), weight.clone().requires_grad_(True)
-        with _nan_empty() if backend == "triton" else contextlib.nullcontext():
+        with nan_filled_empty() if backend == "triton" else contextlib.nullcontext():
             with torch.autocast(device.type, dtype=torch.bfloat16):
                 loss = linear_cross_entropy(hh, ww, labels, chunk_size=chunk, backend=backend)
             results[backend] = [loss, *torch.autograd.grad(loss, (hh, ww))]
-    errors = {n: _rel_err(a, b) for n, a, b in zip(("loss", "dh", "dweight"), results["triton"], results["torch"])}
+    errors = {n: relative_error(a, b) for n, a, b in zip(("loss", "dh", "dweight"), results["triton"], results["torch"])}
     worst = max(errors.values())
     out.append({"op": "linear_cross_entropy", "dtype": "bf16 autocast", "shape": f"N {N} d {d} V {V} chunk {chunk}",
                 "reference": "torch backend, same autocast", "errors": errors, "bound": 1e-2,
@@ -209,7 +212,7 @@ def _graph_checks(s, device, gen) -> list[dict]:
 
 def _gla_checks() -> list[dict]:
     """The GLA op with the folded backward (ops/gla/triton): the checks of `slimkv bench kernels`, Rodimus shapes."""
-    from .gpu_ops import Shape, check_one
+    from .kernels import Shape, check_one
 
     bf, f32 = torch.bfloat16, torch.float32
     # both decay kinds (each has its own folded decay gradient), strong decays, both dtypes; the full set is
@@ -224,7 +227,7 @@ def _gla_checks() -> list[dict]:
     return out
 
 
-def run_checks(scale: str = "model", log: Callable[[str], None] = print, gla: bool = True) -> list[dict]:
+def run_checks(scale: str = "model", log: Callable[[str], None] = logger.info, gla: bool = True) -> list[dict]:
     """Every fused op in bf16 and float32 (plus CUDA-graph capture on CUDA); logs one line per check."""
     s = SHAPES[scale]
     device = torch.device("cuda" if scale == "model" or torch.cuda.is_available() else "cpu")
@@ -308,7 +311,7 @@ def _time_op(name, make_inputs, fn, floor_fwd, floor_bwd, bandwidth) -> list[dic
     return rows
 
 
-def run_op_timings(bandwidth: float, log: Callable[[str], None] = print, batch: int = 4) -> list[dict]:
+def run_op_timings(bandwidth: float, log: Callable[[str], None] = logger.info, batch: int = 4) -> list[dict]:
     """Each op at the Rodimus-1.4B layer shapes (B x T = batch x 2048 tokens), bf16 activations as in autocast.
     bandwidth: measured copy bytes/s (floor_ms = floor bytes / bandwidth)."""
     from slimkv.ops.conv import causal_conv1d_silu
@@ -372,7 +375,7 @@ def run_op_timings(bandwidth: float, log: Callable[[str], None] = print, batch: 
 
 
 def _gla_timings(batch: int, bandwidth: float, log) -> list[dict]:
-    from .gpu_ops import Shape, floors, gla_design_bytes, time_one
+    from .kernels import Shape, floors, gla_design_bytes, time_one
 
     shape = Shape("rodimus", batch, 2048, 1, 64, 4096, "channel")
     ceilings = {"copy_bytes_per_s": bandwidth, "bf16_flop_per_s": float("inf")}

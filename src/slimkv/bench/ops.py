@@ -13,22 +13,17 @@ backend shows up as such in the JSON.
 """
 from __future__ import annotations
 
-import datetime
-import json
-import os
-import platform
-import statistics
-import subprocess
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
 
-from slimkv.io import atomic_write, atomic_write_text
-from slimkv.ops.gla import gla
-from slimkv.ops.gla.reference import gla_reference
+from ..config import ranged, setting
+from ..ops.gla import gla
+from ..ops.gla.reference import gla_reference
+from .harness import machine_header, median_seconds, relative_error, run_folder, write_json, write_png
+from .kernels import Shape, make_inputs
 
 # (q, k, v, log_decay, initial_state) -> (o, final_state)
 GlaFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], tuple]
@@ -44,7 +39,7 @@ class GlaBackend:
 
 
 def _triton_available(device: torch.device) -> bool:
-    from slimkv.ops.dispatch import gpu_path_available
+    from ..ops.dispatch import gpu_path_available
 
     return gpu_path_available(device, "slimkv.ops.gla.triton")
 
@@ -78,97 +73,31 @@ def register_gla_backend(name: str, fn: GlaFn, available: Callable[[torch.device
     GLA_BACKENDS[name] = GlaBackend(fn, available, max_backward_steps, note)
 
 
-@dataclass(frozen=True)
-class GlaShape:
-    B: int
-    T: int
-    H: int
-    K: int
-    V: int
-    per_head: bool = False
-    # log-decays 15x a gate's (mean ~ -3 per step): every sub-chunk takes chunked's exact [c, c, K] path
-    strong_decay: bool = False
-    label: str = field(default="", compare=False)
-
-    def name(self) -> str:
-        decay = ("head" if self.per_head else "chan") + (" strong" if self.strong_decay else "")
-        return self.label or f"B{self.B} T{self.T} H{self.H} K{self.K} V{self.V} {decay}"
-
-
-SHAPE_SETS: dict[str, list[GlaShape]] = {
+SHAPE_SETS: dict[str, list[Shape]] = {
     # CPU-sized: a couple of minutes for all backends on 2 cores
     "small": [
-        GlaShape(2, 512, 4, 64, 128),
-        GlaShape(2, 2048, 4, 64, 128),
-        GlaShape(2, 512, 1, 64, 256),
-        GlaShape(2, 2048, 1, 64, 256),
-        GlaShape(2, 2048, 4, 64, 128, per_head=True),
-        GlaShape(2, 2048, 4, 64, 128, strong_decay=True),
+        Shape("heads", 2, 512, 4, 64, 128, "channel"),
+        Shape("heads", 2, 2048, 4, 64, 128, "channel"),
+        Shape("one-head", 2, 512, 1, 64, 256, "channel"),
+        Shape("one-head", 2, 2048, 1, 64, 256, "channel"),
+        Shape("per-head", 2, 2048, 4, 64, 128, "head"),
+        Shape("heads", 2, 2048, 4, 64, 128, "channel", strong_decay=True),
     ],
     # Rodimus DDTS: one head, K = mem_size 64, V = d_inner = 2 d (d = 512 debug-sized, d = 2048 for the 1.6B)
     "rodimus": [
-        GlaShape(1, 2048, 1, 64, 1024, label="rodimus d=512 T2048"),
-        GlaShape(1, 2048, 1, 64, 4096, label="rodimus d=2048 T2048"),
+        Shape("rodimus d=512", 1, 2048, 1, 64, 1024, "channel"),
+        Shape("rodimus d=2048", 1, 2048, 1, 64, 4096, "channel"),
     ],
     # Mamba2-130m-like SSD: per-head decay, 24 heads, K = d_state 128, V = headdim 64
     "mamba2": [
-        GlaShape(1, 2048, 24, 128, 64, per_head=True, label="mamba2 H24 T2048"),
+        Shape("mamba2", 1, 2048, 24, 128, 64, "head"),
     ],
 }
 
 
-def _inputs(shape: GlaShape, device: torch.device, dtype: torch.dtype, seed: int = 0):
-    gen = torch.Generator().manual_seed(seed)
-    B, T, H, K, V = shape.B, shape.T, shape.H, shape.K, shape.V
-
-    def rand(*size):
-        return torch.randn(*size, generator=gen).to(device=device, dtype=dtype)
-
-    q, k = rand(B, T, H, K) * K**-0.5, rand(B, T, H, K)
-    v = rand(B, T, H, V)
-    # a gate's log-sigmoid: decays from ~exp(-4) to ~1 per step
-    g = torch.nn.functional.logsigmoid(rand(*((B, T, H) if shape.per_head else (B, T, H, K))).float() + 2)
-    g = (g * 15 if shape.strong_decay else g).to(dtype)
-    state = torch.randn(B, H, K, V, generator=gen).to(device=device, dtype=torch.float32) * 0.1
-    return q, k, v, g, state
-
-
-def _timer(device: torch.device) -> Callable[[Callable[[], None]], float]:
-    if device.type == "cuda":
-        def timed(fn):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            torch.cuda.synchronize(device)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize(device)
-            return start.elapsed_time(end) / 1000
-        return timed
-
-    def timed(fn):
-        start = time.perf_counter()
-        fn()
-        return time.perf_counter() - start
-    return timed
-
-
-def _median_time(fn: Callable[[], None], device: torch.device, repeats: int, slow_s: float) -> tuple[float, int]:
-    """Median seconds over `repeats` runs after one warmup; a warmup slower than slow_s is itself the one sample."""
-    timed = _timer(device)
-    warmup = timed(fn)
-    if warmup > slow_s:
-        return warmup, 1
-    return statistics.median(timed(fn) for _ in range(repeats)), repeats
-
-
-def _relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
-    """max |got - want| / max |want|: a norm-wise relative error that ignores near-zero entries' noise."""
-    return ((got.double() - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
-
-
 def bench_gla(
     device: str | torch.device = "cpu",
-    shapes: list[GlaShape] | str = "small",
+    shapes: list[Shape] | str = "small",
     backends: list[str] | None = None,
     dtypes: list[torch.dtype] | None = None,
     repeats: int = 3,
@@ -192,21 +121,22 @@ def bench_gla(
     rows = []
     for shape in shapes:
         for dtype in dtypes:
-            q, k, v, g, state = _inputs(shape, device, dtype)
+            q, k, v, g, state = make_inputs(shape, dtype, device, seed=0)
             q64, k64, v64, g64, state64 = (x.double() for x in (q, k, v, g, state))
             o_spec, s_spec = gla_reference(q64, k64, v64, g64, None, state64, True)
             for name in names:
                 backend = GLA_BACKENDS[name]
-                base = {"backend": name, "device": device.type, "shape": shape.name(), "B": shape.B, "T": shape.T,
-                        "H": shape.H, "K": shape.K, "V": shape.V, "per_head": shape.per_head, "dtype": str(dtype).split(".")[-1]}
+                base = {"backend": name, "device": device.type, "shape": shape.label(), "B": shape.B, "T": shape.T,
+                        "H": shape.H, "K": shape.K, "V": shape.V, "per_head": shape.decay == "head",
+                        "dtype": str(dtype).split(".")[-1]}
                 if progress:
-                    progress(f"{name} {shape.name()} {base['dtype']}")
+                    progress(f"{name} {shape.label()} {base['dtype']}")
                 with torch.no_grad():
                     o, s = backend.fn(q, k, v, g, state)
-                    seconds, runs = _median_time(lambda: backend.fn(q, k, v, g, state), device, repeats, slow_s)
+                    seconds, runs = median_seconds(lambda: backend.fn(q, k, v, g, state), device, repeats, slow_s=slow_s)
                 rows.append({**base, "mode": "forward", "seconds": seconds, "runs": runs,
                              "tokens_per_s": shape.B * shape.T / seconds,
-                             "o_rel_err": _relative_error(o, o_spec), "state_rel_err": _relative_error(s, s_spec)})
+                             "o_rel_err": relative_error(o, o_spec, "max"), "state_rel_err": relative_error(s, s_spec, "max")})
 
                 if backend.max_backward_steps is not None and shape.T > backend.max_backward_steps:
                     rows.append({**base, "mode": "forward+backward", "seconds": None, "runs": 0, "tokens_per_s": None,
@@ -220,55 +150,10 @@ def bench_gla(
                     for leaf in leaves:
                         leaf.grad = None
 
-                seconds, runs = _median_time(forward_backward, device, repeats, slow_s)
+                seconds, runs = median_seconds(forward_backward, device, repeats, slow_s=slow_s)
                 rows.append({**base, "mode": "forward+backward", "seconds": seconds, "runs": runs,
                              "tokens_per_s": shape.B * shape.T / seconds})
     return rows
-
-
-def _git_commit() -> str | None:
-    try:
-        root = Path(__file__).resolve().parents[3]
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], cwd=root, capture_output=True, text=True)
-        return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_header(device: str | torch.device = "cpu") -> dict:
-    """What a reader needs to compare two result files: versions, hardware, threads, load, commit, date."""
-    from importlib import metadata
-
-    device = torch.device(device)
-    try:
-        triton_version = metadata.version("triton")
-    except metadata.PackageNotFoundError:
-        triton_version = None
-    return {
-        "torch": torch.__version__,
-        "triton": triton_version,
-        "python": platform.python_version(),
-        "device": device.type,
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_model(),
-        "cpu_model": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "threads": torch.get_num_threads(),
-        # other jobs on a shared machine slow every backend alike; the load says how much to trust absolute numbers
-        "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
-        "git_commit": _git_commit(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
 
 
 def write_results(results: list[dict], json_path: str | Path | None, png_path: str | Path | None,
@@ -276,13 +161,12 @@ def write_results(results: list[dict], json_path: str | Path | None, png_path: s
     """JSON {"header", "results"} and a PNG: tokens/s per backend for each shape, forward and forward+backward."""
     header = header if header is not None else machine_header(results[0].get("device", "cpu") if results else "cpu")
     if json_path is not None:
-        payload = json.dumps({"header": header, "results": results}, indent=1)
-        atomic_write_text(json_path, payload + "\n")
+        write_json(json_path, {"header": header, "results": results})
     if png_path is not None:
-        atomic_write(png_path, lambda handle: _plot(results, header, handle))
+        write_png(png_path, plot(results, header))
 
 
-def _plot(results: list[dict], header: dict, path) -> None:
+def plot(results: list[dict], header: dict):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -319,5 +203,55 @@ def _plot(results: list[dict], header: dict, path) -> None:
                  f"load={header.get('load_average_1m')}, torch {header.get('torch')}, {commit}, {header.get('date')}",
                  fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, format="png", dpi=110)
-    plt.close(fig)
+    return fig
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
+
+
+@dataclass
+class OpsBenchConfig:
+    """`slimkv bench ops`: which gla backends, shapes and dtypes to time (`run_ops_bench`)."""
+
+    # auto = cuda when a GPU is visible, else cpu
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # shape set: small (CPU-sized), rodimus, mamba2
+    shapes: Literal["small", "rodimus", "mamba2"] = "small"
+    # backends to time (none = every one available on the device): reference, chunked, chunked16, triton
+    backends: tuple[str, ...] = ()
+    dtypes: tuple[Literal["float32", "bfloat16", "float16", "float64"], ...] = ("float32",)
+    # timed runs per measurement, after one warmup
+    repeats: int = ranged(3, ge=1)
+    # torch CPU threads (0 = torch's choice)
+    threads: int = ranged(0, ge=0)
+    # the run folder for gla.json and gla.png ("" = runs/bench/ops)
+    out: str = setting("", metavar="DIR")
+    # write the JSON here instead ("" = <out>/gla.json)
+    json: str = setting("", metavar="PATH")
+    # write the PNG here instead ("" = <out>/gla.png)
+    png: str = setting("", metavar="PATH")
+
+
+def run_ops_bench(config: OpsBenchConfig, progress: Callable[[str], None] | None = None
+                  ) -> tuple[list[dict], Path, Path]:
+    """Time the chosen backends, write the JSON + PNG -> (rows, json path, png path)."""
+    from ..device import resolve_device
+
+    device = resolve_device(config.device)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    names = list(config.backends) or list(GLA_BACKENDS)
+    unknown = [name for name in names if name not in GLA_BACKENDS]
+    if unknown:
+        raise ValueError(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(GLA_BACKENDS)}")
+    names = [name for name in names if GLA_BACKENDS[name].available(device)]
+    if not names:
+        raise ValueError(f"none of the chosen backends runs on {device.type}")
+    folder = run_folder("ops", config.out or None)
+    json_path = Path(config.json) if config.json else folder / "gla.json"
+    png_path = Path(config.png) if config.png else folder / "gla.png"
+    header = machine_header(device)
+    rows = bench_gla(device, SHAPE_SETS[config.shapes], names, [DTYPES[d] for d in config.dtypes], config.repeats,
+                     progress=progress)
+    write_results(rows, json_path, png_path, header=header)
+    return rows, json_path, png_path

@@ -24,6 +24,7 @@ import gc
 import inspect
 import io
 import json
+import logging
 import os
 import platform
 import statistics
@@ -32,21 +33,26 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Literal, Optional
 
 import torch
 from torch import nn
 
-from slimkv.io import atomic_write_bytes, atomic_write_text
+from ..config import ranged, setting
+from ..io import atomic_write_text
+from ..machine import git_commit
+from .harness import machine_header, write_json, write_png
+
+logger = logging.getLogger(__name__)
 
 SCHEMA = "slimkv.bench.train/1"
 VOCAB = 126464
 RODIMUS_SHAPES = {
     # Rodimus-1.4B: d 2048, 48 layers, m 64, expand 2 (1.53B parameters with the tied 126k embedding)
     "rodimus": dict(block_type="rodimus", hidden_size=2048, num_hidden_layers=48, mem_size=64, expand_ratio=2.0),
-    # Rodimus+-1.6B: 24 layers, 16 SW-SKA heads, window 4096 (shared/spec/rodimus.md section 5)
+    # Rodimus+-1.6B: 24 layers, 16 SW-SKA heads, window 4096 (docs/rodimus.md section 5)
     "rodimus_plus": dict(block_type="rodimus_plus", hidden_size=2048, num_hidden_layers=24, mem_size=64,
                          expand_ratio=2.0, num_heads=16, window_size=4096),
 }
@@ -75,32 +81,54 @@ CATEGORIES = (
 CATEGORY_NAMES = tuple(name for name, _ in CATEGORIES) + ("other",)
 
 
+def parse_compare(text: str) -> dict:
+    """"KEY=VALUE[,KEY=VALUE]" -> one variant's overrides (parse_overrides)."""
+    return parse_overrides(text.split(","))
+
+
 @dataclass
 class TrainBenchOptions:
     """What `run_train_bench` measures. Rodimus overrides are RodimusConfig keyword arguments (e.g. a fused-path
     switch), applied to every Rodimus / Rodimus+ model; each `compare` entry adds one more variant of them."""
 
-    out: str = "benchmarks/results"
+    # the run folder for train_bench.json and train_bench.png
+    out: str = setting("runs/bench/train", metavar="DIR")
+    # models to time: rodimus, rodimus_plus, llama, llama_plus
     models: tuple[str, ...] = ("rodimus", "rodimus_plus", "llama")
-    # the issue's two target lengths first, so a run cut by the budget loses 8192 first
-    seqs: tuple[int, ...] = (2048, 16384, 8192)
-    # candidate batches, largest first; None = the memory model's largest batch
-    batches: tuple[int, ...] | None = None
-    max_batch: int = 64
-    steps: int = 3
-    warmup: int = 1
-    budget_s: float = 300.0
-    check: bool = True
-    check_only: bool = False
-    op_timings: bool = True
-    profile_seqs: tuple[int, ...] = (2048,)
-    checkpointing: str = "auto"
-    overrides: dict = field(default_factory=dict)
-    compare: tuple[dict, ...] = ()
+    # sequence lengths, run in this order (the issue's two target lengths first, so a run cut by the budget loses
+    # 8192 first)
+    seqs: tuple[int, ...] = ranged((2048, 16384, 8192), ge=1)
+    # candidate batches, the largest that fits wins (none = predicted from the peak memory at batch 1 and 2)
+    batches: Optional[tuple[int, ...]] = None
+    max_batch: int = ranged(64, ge=1)
+    # timed steps per config (median reported)
+    steps: int = ranged(3, ge=1)
+    warmup: int = ranged(1, ge=0)
+    # seconds before later configs are skipped
+    budget_s: float = setting(300.0, flags=("--budget",), gt=0)
+    # skip the kernel checks and op timings
+    check: bool = setting(True, flags=("--no-check",))
+    # only check the fused kernels on the GPU
+    check_only: bool = setting(False, flags=("--check",))
+    # the per-op timings beside the checks
+    op_timings: bool = setting(True, flags=("--no-op-timings",))
+    # lengths whose step is broken down by kernel category (--profile-seqs with no value: none)
+    profile_seqs: tuple[int, ...] = setting((2048,), allow_empty=True)
+    # activation checkpointing (auto: only when batch 1 does not fit without)
+    checkpointing: Literal["auto", "on", "off"] = "auto"
+    # RodimusConfig override for every Rodimus model, KEY=VALUE (repeatable)
+    overrides: dict[str, Any] = setting(default_factory=dict, flags=("--set",), metavar="KEY=VALUE")
+    # also time each Rodimus model with these overrides on top of --set, KEY=VALUE[,KEY=VALUE]
+    compare: tuple[dict[str, Any], ...] = setting((), parse=parse_compare, each=True, metavar="KEY=VALUE[,...]")
+    # torch.compile every decoder layer
     compile: bool = False
     # "cpu" + tiny only for the test suite
     device: str = "cuda"
     tiny: bool = False
+
+    def __post_init__(self) -> None:
+        # values from the command line arrive as text: numbers, true/false and null become values
+        self.overrides = {k: _override_value(v) if isinstance(v, str) else v for k, v in self.overrides.items()}
 
 
 def model_config(name: str, seq: int, overrides: dict | None = None, llama_layers: int | None = None,
@@ -254,32 +282,13 @@ def variants(model: str, opts: TrainBenchOptions) -> list[tuple[str, dict]]:
 
 
 def commit_hash() -> str:
-    """SLIMKV_COMMIT when set (the GPU machine has no .git), else git rev-parse HEAD of this checkout."""
-    if os.environ.get("SLIMKV_COMMIT"):
-        return os.environ["SLIMKV_COMMIT"]
-    try:
-        out = subprocess.run(["git", "-C", str(Path(__file__).resolve().parent), "rev-parse", "HEAD"],
-                             capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    return out.stdout.strip() or "unknown"
+    """The real commit (slimkv/machine.py: SLIMKV_COMMIT, else git), or "unknown"."""
+    return git_commit() or "unknown"
 
 
 def device_meta(device: torch.device) -> dict:
-    from importlib import metadata
-
-    def version(pkg):
-        try:
-            return metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            return None
-
-    meta = {"torch": torch.__version__, "triton": version("triton"), "transformers": version("transformers"),
-            "python": platform.python_version(), "cuda": torch.version.cuda, "device": device.type}
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        meta.update(device_name=props.name, sms=props.multi_processor_count, memory_gib=props.total_memory / 2**30)
-    return meta
+    """The shared machine header of this device (versions, device name, SMs, memory)."""
+    return machine_header(device)
 
 
 # the worker side: runs inside the subprocess
@@ -461,6 +470,7 @@ def worker_main(argv: list[str] | None = None) -> int:
     prefix = spec.get("label", spec["kind"])
 
     def log(msg: str) -> None:
+        # the worker's stderr is its log channel: the parent (_run_worker) forwards each line to its own log
         print(f"[{prefix}] {msg}", file=sys.stderr, flush=True)
 
     def save(result: dict) -> None:
@@ -517,7 +527,7 @@ def _run_worker(spec: dict, timeout: float, log: Callable[[str], None], workdir:
     return result
 
 
-def run_train_bench(opts: TrainBenchOptions, log: Callable[[str], None] = print) -> dict:
+def run_train_bench(opts: TrainBenchOptions, log: Callable[[str], None] = logger.info) -> dict:
     """Checks, then every (T, model, variant) within the time budget; writes JSON + PNG under opts.out, returns the
     report (see format_table)."""
     import tempfile
@@ -533,7 +543,7 @@ def run_train_bench(opts: TrainBenchOptions, log: Callable[[str], None] = print)
     deadline = start + opts.budget_s
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
-    report = {"schema": SCHEMA, "commit": commit_hash(),
+    report = {"schema": SCHEMA, "commit": commit_hash(), "header": machine_header(opts.device),
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "host": platform.node(), "options": asdict(opts), "results": []}
     unknown = unknown_override_keys({k: v for extra in (opts.overrides, *opts.compare) for k, v in extra.items()})
@@ -551,7 +561,7 @@ def run_train_bench(opts: TrainBenchOptions, log: Callable[[str], None] = print)
     json_path, png_path = out / "train_bench.json", out / "train_bench.png"
 
     def write():
-        atomic_write_text(json_path, json.dumps(report, indent=1, default=str))
+        write_json(json_path, report)
 
     with tempfile.TemporaryDirectory(prefix="slimkv-bench-train-") as tmp:
         workdir = Path(tmp)
@@ -591,7 +601,7 @@ def run_train_bench(opts: TrainBenchOptions, log: Callable[[str], None] = print)
     finish_report(report)
     write()
     try:
-        atomic_write_bytes(png_path, plot_png(report))
+        write_png(png_path, plot_figure(report))
     except Exception as exc:  # the JSON is what matters; a plotting failure is recorded, not raised
         report["plot_error"] = f"{type(exc).__name__}: {exc}"
         write()
@@ -665,7 +675,18 @@ def format_table(report: dict) -> str:
 
 
 def plot_png(report: dict) -> bytes:
-    """Tokens/s per model and T (left) and the profiled steps' kernel time by category (right), as PNG bytes."""
+    """`plot_figure` as PNG bytes."""
+    import matplotlib.pyplot as plt
+
+    fig = plot_figure(report)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def plot_figure(report: dict):
+    """Tokens/s per model and T (left) and the profiled steps' kernel time by category (right)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -701,10 +722,7 @@ def plot_png(report: dict) -> bytes:
     if profiled:
         axes[1].legend(fontsize=7)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+    return fig
 
 
 if __name__ == "__main__":

@@ -1,25 +1,31 @@
-"""slimkv main: the Quick-start job (what `make run` runs)."""
+"""the Quick-start job (what `make run` runs): fetch a corpus, train the tiny Rodimus+ preset inside a wall-clock
+budget, report held-out perplexity against a unigram baseline, sample, plot loss and memory.
+
+    slimkv main [--minutes 10] [--name main] [--section.field=value ...]    e.g. --data.files=notes.txt
+"""
 from __future__ import annotations
 
 import argparse
 
+from ..mainjob.job import MainJobConfig
+from .options import add_config_arguments, config_from_args, pop_overrides
+
+OVERRIDES = True
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--name", default="main", help="run name: outputs go to runs/NAME/ (default: main)")
-    parser.add_argument("--minutes", type=float, default=10.0,
-                        help="wall-clock budget of the whole job, data preparation and the final evaluation "
-                             "included; the training steps are planned from the measured speed (default: 10)")
-    parser.add_argument("--data-dir", default=None, help="data directory (default: $SLIMKV_DATA or ./data)")
-    parser.add_argument("overrides", nargs="*",
-                        help="extra --section.field=value overrides of the tiny preset, e.g. --data.files=my.txt")
+    add_config_arguments(parser, MainJobConfig, skip=("overrides",))
+    parser.epilog = ("Any field of the tiny preset can be overridden with --section.field=value, e.g. "
+                     "--data.files=notes.txt --optim.lr=1e-3; `slimkv train --help` lists them.")
 
 
 def run(args: argparse.Namespace) -> int:
     from ..mainjob import run_main_job
 
-    if args.minutes <= 0:
-        raise ValueError("--minutes must be positive")
-    report = run_main_job(args.name, args.minutes, args.data_dir, tuple(args.overrides))
+    overrides = pop_overrides(args)
+    job = config_from_args(args, MainJobConfig)
+    job.overrides = [*job.overrides, *overrides]
+    report = run_main_job(job, progress=not args.quiet)
     seconds = report["seconds"]
     print(f"\nheld-out perplexity {report['heldout_ppl']:.2f} (unigram baseline {report['unigram_ppl']:.1f}, ratio "
           f"{report['ppl_ratio_to_unigram']:.2f}), {report['heldout_bits_per_byte']:.3f} bits/byte; "
@@ -29,5 +35,5 @@ def run(args: argparse.Namespace) -> int:
           f"{seconds['prepare_data']:.0f}, training {seconds['train']:.0f}, final evaluation "
           f"{seconds['final_eval']:.0f}, sample + plots {seconds['after']:.0f})")
     print(f"sample: {report['prompt']}{report['sample']}")
-    print(f"wrote runs/{args.name}/report.json, loss.png, memory.png")
+    print(f"wrote runs/{job.name}/report.json, loss.png, memory.png")
     return 0

@@ -1,7 +1,11 @@
-"""`slimkv train CONFIG [--section.field=value ...] [--resume [PATH]] [--allow-config-change]`
+"""train a model from a YAML run config or a shipped preset (tiny, 130m, 1.4b); any config field can be overridden.
 
-Runs the same way on one CPU, one GPU, or N GPUs under `torchrun --nproc_per_node=N -m slimkv.cli.main train ...`
-(with --train.parallel=ddp or fsdp). Ctrl-C saves a checkpoint and exits 130; a NaN loss exits 2.
+    slimkv train tiny --optim.lr=3e-4 --model.arch=llama            a preset, two fields changed
+    slimkv train configs/130m.yaml --resume                         continue the run from its latest checkpoint
+    torchrun --nproc_per_node=N -m slimkv.cli.main train configs/130m.yaml --train.parallel=fsdp
+
+The same on one CPU, one GPU, or N GPUs under torchrun (--train.parallel=ddp or fsdp). Ctrl-C saves a checkpoint and
+exits 130; a NaN loss exits 2 without saving the bad state.
 """
 from __future__ import annotations
 
@@ -9,11 +13,15 @@ import argparse
 import json
 import sys
 
-from ..train.config import load_run_config
-from ..train.trainer import Trainer, TrainingInterrupted
+OVERRIDES = True
 
 
-def _add_options(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..train.config import RunConfig, preset_names
+    from .options import fields_epilog
+
+    parser.add_argument("config", metavar="CONFIG",
+                        help=f"a YAML run config, or a shipped preset: {', '.join(preset_names())}")
     parser.add_argument("--resume", nargs="?", const=True, default=None, metavar="PATH",
                         help="continue from the latest checkpoint of this run, or from PATH (run or checkpoint dir)")
     parser.add_argument("--allow-config-change", action="store_true",
@@ -21,58 +29,23 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
                              "train.steps) differ from the checkpoint's")
     parser.add_argument("--json", default=None, metavar="PATH", help="write a summary of the run as JSON")
     parser.add_argument("--count-params", action="store_true",
-                        help="print the parameter counts of rodimus, rodimus_plus and llama for this config and exit")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="YAML run config (see configs/)")
-    _add_options(parser)
-    # everything after CONFIG: config overrides, plus --resume / --json given after them (sorted out in run)
-    parser.add_argument("overrides", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-    parser.epilog = "Any config field can be overridden: --optim.lr=3e-4 --model.arch=llama --train.steps=100"
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-
-
-def _split_overrides(args: argparse.Namespace) -> list[str]:
-    """Pick --resume / --json out of the trailing arguments; the rest must be --section.field=value."""
-    options = argparse.ArgumentParser(add_help=False)
-    _add_options(options)
-    late, rest = options.parse_known_args(args.overrides or [])
-    args.resume = late.resume if late.resume is not None else args.resume
-    args.json = late.json or args.json
-    args.count_params = late.count_params or args.count_params
-    args.allow_config_change = late.allow_config_change or args.allow_config_change
-    for item in rest:
-        if not item.startswith("--") or "=" not in item:
-            raise ValueError(f"unrecognised argument {item!r}; config overrides look like --section.field=value")
-    return rest
-
-
-def count_params(config) -> dict[str, dict[str, int]]:
-    """Parameter counts of each arch at this config's sizes (built on the meta device: no memory, no init)."""
-    import dataclasses
-
-    import torch
-
-    from ..train.factory import build_model, count_parameters
-
-    data = config.data
-    vocab_size = config.model.vocab_size or (data.synthetic_vocab_size if data.source == "synthetic"
-                                             else data.tokenizer_vocab_size)
-    counts = {}
-    for arch in ("rodimus", "rodimus_plus", "llama", "mamba2", "gla"):
-        model_cfg = dataclasses.replace(config.model, arch=arch)
-        with torch.device("meta"):
-            counts[arch] = {"layers": model_cfg.resolved_num_layers(),
-                            **count_parameters(build_model(model_cfg, vocab_size))}
-    return counts
+                        help="print the parameter counts of every arch in model.layers_by_arch at this config's "
+                             "sizes, and exit")
+    parser.epilog = fields_epilog(RunConfig, "config fields (the defaults are the schema's; a preset or YAML file "
+                                             "sets its own; override any with --section.field=value):")
 
 
 def run(args: argparse.Namespace) -> int:
-    overrides = _split_overrides(args)
-    config = load_run_config(args.config, overrides)
+    from ..io import write_json
+    from ..train.config import load_run_config
+    from ..train.trainer import Trainer, TrainingInterrupted
+    from .options import pop_overrides
+
+    config = load_run_config(args.config, pop_overrides(args))
     if args.count_params:
-        print(json.dumps(count_params(config), indent=2))
+        from ..train.factory import parameter_counts
+
+        print(json.dumps(parameter_counts(config), indent=2))
         return 0
     trainer = Trainer(config, resume=args.resume, allow_config_change=args.allow_config_change)
     try:
@@ -89,7 +62,5 @@ def run(args: argparse.Namespace) -> int:
     if trainer.is_main:
         print(json.dumps(summary))
         if args.json:
-            from ..io import atomic_write_text
-
-            atomic_write_text(args.json, json.dumps(summary, indent=2) + "\n")
+            write_json(args.json, summary)
     return 0

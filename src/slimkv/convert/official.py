@@ -1,4 +1,4 @@
-"""Official Rodimus checkpoints (codefuse-ai/rodimus layout, shared/spec/rodimus.md section 5) <-> slimkv.
+"""Official Rodimus checkpoints (codefuse-ai/rodimus layout, docs/rodimus.md section 5) <-> slimkv.
 
 Every conversion is an explicit key map; loading never executes code from a checkpoint (weights_only=True,
 safetensors). Outputs are built in a hidden sibling folder and swapped into place only when complete
@@ -10,12 +10,15 @@ from __future__ import annotations
 import json
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, Optional
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..io import check_output_folder, output_folder
+from ..config import setting
+from ..io import atomic_write_text, check_output_folder, output_folder
 from ..models.configuration import BLOCK_TYPES, RodimusConfig
 
 # official key -> slimkv key; "{}" is the layer index
@@ -253,7 +256,32 @@ def slimkv_to_official(src: str | os.PathLike, dst: str | os.PathLike, *, overwr
     shapes = _slimkv_shapes(config)
     official = remap(sd, inverse, {v: shapes[k] for k, v in inverse.items()}, f"slimkv checkpoint {src}")
     with output_folder(dst, **guard) as tmp:
-        (tmp / "config.json").write_text(json.dumps(config_to_official(config), indent=2) + "\n")
+        atomic_write_text(tmp / "config.json", json.dumps(config_to_official(config), indent=2) + "\n")
         save_file({k: v.contiguous() for k, v in official.items()}, str(tmp / "model.safetensors"),
                   metadata={"format": "pt"})
     return dst
+
+
+@dataclass
+class ConvertConfig:
+    """`slimkv convert`: one conversion between the official Rodimus layout and slimkv (`convert`)."""
+
+    # official: an official Rodimus folder -> slimkv; to-official: slimkv -> the official layout
+    direction: Literal["official", "to-official"] = setting(positional=True)
+    # source folder (config.json + model.safetensors | pytorch_model.bin)
+    src: str = setting(positional=True)
+    # destination folder: new, empty, or an earlier output of the same conversion (built beside it, then swapped in
+    # whole)
+    dst: str = setting(positional=True)
+    # replace a non-empty DST that this command did not write (only once the new output is complete)
+    overwrite: bool = False
+    # cast weights when converting from the official layout (none = keep)
+    dtype: Optional[Literal["float32", "bfloat16", "float16"]] = None
+
+
+def convert(config: ConvertConfig) -> Path:
+    """Run the conversion `config` names; returns the written folder."""
+    if config.direction == "official":
+        dtype = getattr(torch, config.dtype) if config.dtype else None
+        return official_to_slimkv(config.src, config.dst, dtype=dtype, overwrite=config.overwrite)
+    return slimkv_to_official(config.src, config.dst, overwrite=config.overwrite)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import io
 import json
-import sys
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +33,8 @@ from tqdm import tqdm
 from slimkv.data.files import FetchError, atomic_write_bytes, data_root, sha256_file
 from slimkv.data.sources import (BROWN_GENRES, DEFAULT_SOURCES, SOURCES, Document, Source, detokenise_brown,
                                  download_archive, heldout_description, is_heldout, normalise_text)
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "BROWN_GENRES", "DEFAULT_SOURCES", "DOCUMENT_SEPARATOR", "SOURCES", "SPLITS", "CorpusInfo", "Document",
@@ -144,7 +146,7 @@ def _refuse_hand_edited_splits(data_dir: Path, old_splits: dict) -> None:
 
 def fetch_corpus(data_dir: Path | str | None = None, sources: Iterable[str] | str | None = None,
                  skip_unreachable: bool = False, progress: bool = True,
-                 log: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> CorpusInfo:
+                 log: Callable[[str], None] | None = None) -> CorpusInfo:
     """Fetch, extract, normalise and split the corpus under `data_dir` (default `$SLIMKV_DATA` or `./data`).
 
     Idempotent: a second call checks every file's sha256 against the manifest and redoes only what is missing or
@@ -178,7 +180,7 @@ def fetch_corpus(data_dir: Path | str | None = None, sources: Iterable[str] | st
         except FetchError as err:
             if not skip_unreachable:
                 raise
-            log(f"skipping corpus source {name!r}: {err}")
+            (log or logger.warning)(f"skipping corpus source {name!r}: {err}")
             skipped.append(name)
             continue
         bar.set_postfix_str(f"{name}: extract")

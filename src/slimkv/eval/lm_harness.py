@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from ..config import ranged, setting
 from ..io import atomic_write_text
 
 PPL_TASK = "slimkv_heldout_ppl"
@@ -156,3 +158,35 @@ def resolve_model_folder(pretrained: str | Path) -> Path:
         return path / "model"
     raise FileNotFoundError(f"{str(path)!r} is neither a model folder (config.json) nor a run directory with an "
                             "exported model/ folder")
+
+
+@dataclass
+class LmTasksJob:
+    """`slimkv eval lm-tasks`: the two lm-evaluation-harness tasks written from a held-out text."""
+
+    # source text: a corpus split (heldout, train) of `slimkv fetch corpus`, or a UTF-8 file (documents separated
+    # by two blank lines)
+    text: str = "heldout"
+    # task folder ("" = <data dir>/lm_tasks)
+    out: str = setting("", metavar="DIR")
+    # characters per perplexity piece
+    max_chars: int = ranged(4000, ge=1)
+    # perplexity pieces kept (0 = all)
+    max_pieces: int = ranged(0, ge=0)
+    # multiple-choice items
+    mc_items: int = ranged(500, ge=1)
+    seed: int = 0
+    # corpus data directory ("" = $SLIMKV_DATA or ./data)
+    data_dir: str = ""
+
+
+def write_text_tasks(job: LmTasksJob) -> tuple[dict[str, Path], str, Path]:
+    """Write both tasks from `job.text` -> ({task name: yaml path}, what the text was, the task folder)."""
+    from ..data.files import data_root
+    from .texts import load_documents
+
+    documents, what = load_documents(job.text, job.data_dir or None, option="--text")
+    out = Path(job.out) if job.out else data_root(job.data_dir or None) / "lm_tasks"
+    paths = write_tasks(out, documents, source=what, max_chars=job.max_chars, max_pieces=job.max_pieces,
+                        mc_items=job.mc_items, seed=job.seed)
+    return paths, what, out

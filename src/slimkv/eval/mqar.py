@@ -42,7 +42,7 @@ class Segment:
         return f"{self.seq_len}x{self.num_pairs}"
 
 
-# Zoology's original MQAR configs (shared/spec/evaluations.md): five train blocks, seven test blocks.
+# Zoology's original MQAR configs (docs/evaluations.md, MQAR): five train blocks, seven test blocks.
 ZOOLOGY_TRAIN = (Segment(64, 4, 100_000), Segment(128, 8, 20_000), Segment(256, 16, 20_000),
                  Segment(256, 32, 20_000), Segment(256, 64, 20_000))
 ZOOLOGY_TEST = (Segment(64, 4, 1000), Segment(64, 8, 1000), Segment(64, 16, 1000), Segment(128, 32, 1000),

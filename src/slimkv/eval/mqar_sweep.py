@@ -18,12 +18,14 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal, Optional
 
 import torch
 
-from .mqar import DEFAULT_POWER_A, DEFAULT_VOCAB, ZOOLOGY_TEST, ZOOLOGY_TRAIN, MQARTrainSource, Segment, \
-    make_test_sets, query_accuracy
+from ..config import ranged, setting
+
+from .mqar import (DEFAULT_POWER_A, DEFAULT_VOCAB, ZOOLOGY_TEST, ZOOLOGY_TRAIN, MQARTrainSource, Segment,
+                   make_test_sets, parse_segments, query_accuracy)
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,7 @@ STATE_FIELDS: dict[str, str | None] = {
     "llama": None,                # the Transformer: its KV cache grows with the context
 }
 
-# Rodimus paper Fig. 1b: accuracy at sequence length 1024 with 256 key-value pairs (shared/spec/rodimus.md, sec. 6)
+# Rodimus paper Fig. 1b: accuracy at sequence length 1024 with 256 key-value pairs (docs/rodimus.md section 6)
 PAPER_FIG1B: dict[str, dict[int, float]] = {
     "rodimus_plus": {16: 0.37, 32: 0.72, 64: 0.91, 128: 0.97, 256: 0.97},
     "rodimus": {16: 0.25, 32: 0.37, 64: 0.65, 128: 0.74, 256: 0.82},
@@ -47,40 +49,77 @@ ARCH_LABELS = {"rodimus": "Rodimus", "rodimus_plus": "Rodimus+", "mamba2": "Mamb
                "llama": "Transformer"}
 
 
+def parse_train_segments(spec: str) -> tuple[Segment, ...]:
+    """'zoology' or SEQxPAIRS[:EXAMPLES],... (20,000 examples where not given)."""
+    return ZOOLOGY_TRAIN if spec.strip() == "zoology" else parse_segments(spec, 20_000)
+
+
+def parse_test_segments(spec: str) -> tuple[Segment, ...]:
+    """'zoology' or SEQxPAIRS[:EXAMPLES],... (1000 examples where not given)."""
+    return ZOOLOGY_TEST if spec.strip() == "zoology" else parse_segments(spec, 1000)
+
+
 @dataclass
 class MQARSweepConfig:
+    """`slimkv eval mqar`: which runs the sweep trains and scores, and how (`sweep_to_folder`, `run_sweep`)."""
+
+    # model kinds (archs of slimkv train)
     archs: tuple[str, ...] = ("rodimus", "rodimus_plus", "mamba2", "gla", "llama")
-    state_sizes: tuple[int, ...] = (16, 32, 64, 128, 256)
-    d_models: tuple[int, ...] = (128,)
-    # Zoology's logspace(-3, -1.5, 4)
-    lrs: tuple[float, ...] = (1e-3, 3.2e-3, 1e-2, 3.2e-2)
-    num_layers: int = 2
-    train_segments: tuple[Segment, ...] = ZOOLOGY_TRAIN
-    test_segments: tuple[Segment, ...] = ZOOLOGY_TEST
-    # the test segment whose accuracy picks the best learning rate and is plotted (default: the largest)
+    # state sizes n: Rodimus mem_size, Mamba2 state, GLA key dim (not used by llama)
+    state_sizes: tuple[int, ...] = ranged((16, 32, 64, 128, 256), ge=1)
+    # model widths
+    d_models: tuple[int, ...] = ranged((128,), ge=1)
+    # learning rates (Zoology's logspace(-3, -1.5, 4)); the best one is reported
+    lrs: tuple[float, ...] = ranged((1e-3, 3.2e-3, 1e-2, 3.2e-2), gt=0)
+    # layers per model
+    num_layers: int = setting(2, flags=("--layers",), ge=1)
+    # train segments SEQxPAIRS[:EXAMPLES],...; zoology = 64x4:100000,128x8:20000,256x16:20000,256x32:20000,
+    # 256x64:20000
+    train_segments: tuple[Segment, ...] = setting(ZOOLOGY_TRAIN, flags=("--train",), parse=parse_train_segments,
+                                                  shown="zoology", metavar="SEGMENTS")
+    # test segments; zoology = 64x4,64x8,64x16,128x32,256x64,512x128,1024x256 (1000 examples each)
+    test_segments: tuple[Segment, ...] = setting(ZOOLOGY_TEST, flags=("--test",), parse=parse_test_segments,
+                                                 shown="zoology", metavar="SEGMENTS")
+    # the test segment whose accuracy picks the best learning rate and is plotted ("" = the longest)
     target: str = ""
     vocab_size: int = DEFAULT_VOCAB
+    # Zoology's power-law exponent of the key-query gaps
     power_a: float = DEFAULT_POWER_A
-    steps: int = 1000
-    batch_size: int = 256
+    # optimizer steps per run
+    steps: int = ranged(1000, ge=1)
+    # if > 0: steps = this many passes over the train set (Zoology: 32)
+    epochs: float = ranged(0.0, ge=0)
+    batch_size: int = ranged(256, ge=1)
     # sequences per forward pass; 0 = batch_size
-    micro_batch_size: int = 0
-    warmup_steps: int = -1
-    weight_decay: float = 0.1
+    micro_batch_size: int = ranged(0, ge=0)
+    # -1 = min(100, steps / 10)
+    warmup_steps: int = ranged(-1, ge=0, special=(-1,))
+    weight_decay: float = ranged(0.1, ge=0)
     # Rodimus+ window W (each query sees W/2 previous tokens): kept small, or attention alone solves the task
-    window_size: int = 128
+    window_size: int = ranged(128, ge=2, even=True)
     # Rodimus+ attention heads (0 = d_model / 64, at least 1)
-    num_heads: int = 0
-    # total wall time for all runs (0 = no limit); each run gets an equal share of what is left
-    max_seconds: float = 0.0
-    device: str = "auto"
-    precision: str = "auto"
+    num_heads: int = ranged(0, ge=0)
+    # wall-time budget of the whole sweep in minutes (0 = no limit); each run gets an equal share of what is left
+    max_minutes: float = ranged(0.0, ge=0)
+    # auto (cuda when present), cpu or cuda
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # auto = bf16 autocast on CUDA
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # torch.compile each block
     compile: bool = False
-    seed: int = 0
-    out_dir: str = "runs/mqar"
-    eval_batch_size: int = 64
+    seed: int = ranged(0, ge=0)
+    # mqar.json and mqar.png go here, each run's folder under runs/ beside them
+    out_dir: str = setting("runs/mqar", flags=("--out",), metavar="DIR")
+    eval_batch_size: int = ranged(64, ge=1)
+    # keep each run's final checkpoint
     keep_runs: bool = False
-    state_fields: dict[str, str | None] = field(default_factory=lambda: dict(STATE_FIELDS))
+    # the model config field that sets each arch's state size (ARCH= for none), e.g. mamba2=state_size
+    state_fields: dict[str, Optional[str]] = setting(default_factory=lambda: dict(STATE_FIELDS),
+                                                     flags=("--state-field",), metavar="ARCH=FIELD")
+
+    def __post_init__(self) -> None:
+        if self.epochs > 0:
+            self.steps = steps_for_epochs(self, self.epochs)
 
     def target_segment(self) -> Segment:
         if not self.target:
@@ -129,7 +168,7 @@ def run_config(spec: RunSpec, config: MQARSweepConfig, max_seconds: float):
     extra = {}
     state_field = config.state_fields.get(spec.arch)
     if state_field and spec.state_size is not None:
-        if state_field in {f.name for f in dataclasses.fields(ModelConfig)}:
+        if state_field in {f.name for f in dataclasses.fields(ModelConfig)} - {"extra"}:
             model[state_field] = spec.state_size
         else:
             extra[state_field] = spec.state_size
@@ -207,7 +246,7 @@ def best_runs(runs: list[dict], target: str) -> list[dict]:
 
 def run_sweep(config: MQARSweepConfig, on_run: Callable[[int, int, dict], None] | None = None) -> dict:
     """Train and score every planned run; `on_run(i, n, record)` after each. Returns the report dictionary."""
-    from ..bench.ops import machine_header
+    from ..machine import machine_header
 
     runs = plan_runs(config)
     target = config.target_segment()
@@ -219,8 +258,8 @@ def run_sweep(config: MQARSweepConfig, on_run: Callable[[int, int, dict], None] 
     records = []
     for i, spec in enumerate(runs):
         budget = 0.0
-        if config.max_seconds > 0:
-            left = config.max_seconds - (time.perf_counter() - started)
+        if config.max_minutes > 0:
+            left = 60 * config.max_minutes - (time.perf_counter() - started)
             if left <= 0:
                 log.warning("time budget spent: %d of %d runs left out", len(runs) - i, len(runs))
                 break
@@ -240,6 +279,20 @@ def run_sweep(config: MQARSweepConfig, on_run: Callable[[int, int, dict], None] 
         "best": best_runs(records, target.name),
         "paper_fig1b": {arch: {str(n): acc for n, acc in points.items()} for arch, points in PAPER_FIG1B.items()},
     }
+
+
+def sweep_to_folder(config: MQARSweepConfig, on_run: Callable[[int, int, dict], None] | None = None
+                    ) -> tuple[dict, Path, Path]:
+    """`run_sweep`, then mqar.json and mqar.png into config.out_dir (refused when it already holds a sweep)."""
+    from ..io import write_json
+
+    out = Path(config.out_dir)
+    if (out / "mqar.json").exists():
+        raise ValueError(f"{str(out)!r} already holds an MQAR sweep (mqar.json); choose another --out")
+    report = run_sweep(config, on_run=on_run)
+    json_path = write_json(out / "mqar.json", report, indent=1)
+    plot_sweep(report, out / "mqar.png")
+    return report, json_path, out / "mqar.png"
 
 
 def _config_dict(config: MQARSweepConfig) -> dict:

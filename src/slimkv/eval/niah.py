@@ -21,10 +21,12 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Literal, Sequence
 
 import numpy as np
 import torch
+
+from ..config import ranged, setting
 
 INSTRUCTION = ("There is a pass key hidden inside a lot of irrelevant text. Find it and remember it; "
                "you will be asked for it at the end.\n\n")
@@ -241,3 +243,58 @@ def plot_heatmap(result: dict, path: str | Path, title: str = "") -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+@dataclass
+class NIAHJob:
+    """`slimkv eval niah MODEL`: the grid of `run_niah` on a saved model, written as niah.json + niah.png."""
+
+    # a Hugging Face model folder (slimkv, RecurFormer or any causal LM) or a `slimkv train` run directory
+    model: str = setting(positional=True)
+    # the filler text: a corpus split (heldout, train) of `slimkv fetch corpus`, or a UTF-8 text file (documents
+    # separated by two blank lines)
+    haystack: str = "heldout"
+    # prompt lengths in tokens; those beyond the model's max_position_embeddings are skipped
+    lengths: tuple[int, ...] = ranged(DEFAULT_LENGTHS, ge=1)
+    # needle depths in percent of the haystack
+    depths: tuple[float, ...] = ranged(tuple(100 * d for d in DEFAULT_DEPTHS), ge=0, le=100)
+    # prompts (different pass keys) per cell
+    trials: int = ranged(1, ge=1)
+    max_new_tokens: int = ranged(8, ge=1)
+    # prefill the prompt in pieces of N tokens, carrying the cache (0 = one forward)
+    prefill_chunk: int = ranged(0, ge=0)
+    # seed of the pass keys
+    seed: int = 0
+    # corpus data directory ("" = $SLIMKV_DATA or ./data)
+    data_dir: str = ""
+    # where to run: auto, cpu, cuda, cuda:N or mps
+    device: str = "cpu"
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    # niah.json and niah.png go here
+    out: str = setting("runs/niah", metavar="DIR")
+
+
+def run_niah_job(job: NIAHJob, on_row: Callable[[NIAHRow], None] | None = None) -> tuple[dict, NIAHResult]:
+    """Load the model, run the grid on the haystack, write <out>/niah.json and niah.png -> (report, result)."""
+    from ..device import resolve_device
+    from ..io import write_json
+    from ..machine import machine_header
+    from .loading import load_model_and_tokenizer
+    from .texts import load_documents
+
+    model, tokenizer = load_model_and_tokenizer(job.model)
+    if tokenizer is None:
+        raise ValueError(f"{job.model!r} has no tokenizer (tokenizer.json); save one beside the model")
+    device = resolve_device(job.device)
+    model = model.to(device, dtype=getattr(torch, job.dtype))
+    documents, what = load_documents(job.haystack, job.data_dir or None, option="--haystack")
+    config = NIAHConfig(lengths=job.lengths, depths=tuple(d / 100 for d in job.depths), trials=job.trials,
+                        max_new_tokens=job.max_new_tokens, prefill_chunk=job.prefill_chunk, seed=job.seed)
+    result = run_niah(model, tokenizer, documents, config, progress=on_row)
+    report = {"header": machine_header(device), "model": str(job.model), "haystack": what,
+              "config": asdict(job), **result.as_dict()}
+    out = Path(job.out)
+    write_json(out / "niah.json", report, indent=1)
+    plot_heatmap(report, out / "niah.png", title=f"{Path(job.model).name}: needle in a haystack ({what}), "
+                                                 f"mean exact match {result.mean_accuracy:.2f}")
+    return report, result

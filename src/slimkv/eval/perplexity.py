@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
+
+from ..config import ranged, setting
 
 Mode = Literal["recurrent", "sliding"]
 
@@ -154,3 +156,49 @@ def encode_text(tokenizer, text: str, separator_id: int | None) -> torch.Tensor:
     ids = backend.encode(text, add_special_tokens=False).ids
     prefix = [separator_id] if separator_id is not None else []
     return torch.tensor(prefix + list(ids), dtype=torch.long)
+
+
+@dataclass
+class PerplexityJob:
+    """`slimkv eval MODEL --ppl FILE_OR_SPLIT`: perplexity of a saved model on a text (`evaluate_perplexity`)."""
+
+    # a Hugging Face model folder (slimkv Rodimus/Rodimus+, RecurFormer or any causal LM) or a `slimkv train` run
+    # directory
+    model: str = setting(positional=True)
+    # the text: a UTF-8 file, or a corpus split of `slimkv fetch corpus` (heldout, train)
+    ppl: str = setting(metavar="FILE_OR_SPLIT")
+    # tokens per forward window
+    seq_len: int = ranged(512, ge=2)
+    # sliding-window step for attention models (none = seq_len / 2)
+    stride: Optional[int] = ranged(None, ge=1)
+    # carry the cache across windows, or slide a window (none = by model type: recurrent for slimkv models)
+    mode: Optional[Mode] = None
+    # score only the first N tokens (0 = all; the byte count is scaled in proportion)
+    max_tokens: int = ranged(0, ge=0)
+    # corpus data directory ("" = $SLIMKV_DATA or ./data)
+    data_dir: str = ""
+    # where to run: auto, cpu, cuda, cuda:N or mps
+    device: str = "cpu"
+
+
+def evaluate_perplexity(job: PerplexityJob, progress: bool = False) -> dict:
+    """Load `job.model`, tokenise `job.ppl` with its tokenizer and score it -> {"model", "text", PerplexityResult}."""
+    from ..device import resolve_device
+    from .loading import load_model_and_tokenizer
+    from .texts import text_ids_and_bytes
+
+    model, tokenizer = load_model_and_tokenizer(job.model)
+    if tokenizer is None:
+        raise ValueError(f"{job.model!r} has no tokenizer (tokenizer.json); save one beside the model")
+    mode = job.mode or default_mode(model)
+    stride = job.stride or (max(1, job.seq_len // 2) if mode == "sliding" else job.seq_len)
+    # fail on bad lengths before tokenising a whole corpus
+    _check_lengths(model, job.seq_len, stride)
+    model = model.to(resolve_device(job.device))
+    ids, num_bytes, what = text_ids_and_bytes(job.ppl, tokenizer, job.data_dir or None, progress=progress)
+    if job.max_tokens and len(ids) > job.max_tokens:
+        # keep the byte count consistent: scale it by the share of tokens kept
+        num_bytes = max(1, round(num_bytes * job.max_tokens / len(ids)))
+        ids = ids[:job.max_tokens]
+    result = perplexity(model, ids, num_bytes, seq_len=job.seq_len, stride=stride, mode=mode, progress=progress)
+    return {"model": str(job.model), "text": what, **result.as_dict()}

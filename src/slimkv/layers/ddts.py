@@ -8,7 +8,7 @@ legend: B batch, T time, d model width, e inner width (= expand_ratio * d), m me
     S_t = diag(alpha_t) S_{t-1} + (g_t ** tau_t * k^_t)^T v_t,    o_t = m^-1/2 q_t S_t + D * x~_t
     y = W_out(RMSNorm(o * SiLU(z)))
 
-See shared/spec/rodimus.md section 1. One head: the state is a single [m, e] matrix.
+See docs/rodimus.md section 1. One head: the state is a single [m, e] matrix.
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 legend: B batch, T time, H heads, D head dim, S ring-buffer slots
 
-Window semantics (slimkv's choice, shared/spec/rodimus.md section 2): query i sees keys i - w .. i with w = W // 2
+Window semantics (slimkv's choice, docs/rodimus.md section 2): query i sees keys i - w .. i with w = W // 2
 (W = config window_size), i.e. the official TRAINING semantics. Training, prefill and decode all use it. The decode
 ring buffer holds the w previous tokens (the official W/2 buffer size); the current token is attended before it is
 written, so no key is lost.

@@ -11,14 +11,16 @@ import json
 import math
 import os
 import platform
-import subprocess
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+from ..config import ranged
 from ..io import atomic_write_text
+from ..machine import git_commit
 from .planner import StepPlanner
 
 PROMPT = "It was a truth that every reader knew:"
@@ -118,17 +120,6 @@ def plot_memory(rows: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).resolve().parent, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if out.returncode != 0:
-        return None
-    return out.stdout.strip() or None
-
-
 class BudgetKeeper:
     """A trainer step callback: re-plans the run's length after every step, runs the progress evaluations, and
     shows an honest progress line (seconds of the job's budget used, steps done of the current plan, ETA)."""
@@ -181,12 +172,26 @@ class BudgetKeeper:
         self.bar.close()
 
 
-def run_main_job(name: str = "main", minutes: float = 10.0, data_dir: str | None = None,
-                 overrides: tuple[str, ...] = (), progress: bool = True, eval_tokens: int = EVAL_TOKENS) -> dict:
-    """Run the Quick-start job within `minutes` of wall clock (everything included); returns the report dict.
+@dataclass
+class MainJobConfig:
+    """`slimkv main`: the Quick-start job (`run_main_job`)."""
 
-    `overrides` are --section.field=value overrides of the tiny preset (e.g. --data.files=notes.txt);
-    `eval_tokens` held-out tokens are scored at the end (0 = the whole split)."""
+    # run name: outputs go to runs/NAME/
+    name: str = "main"
+    # wall-clock budget of the whole job in minutes, data preparation and the final evaluation included; the
+    # training steps are planned from the measured speed
+    minutes: float = ranged(10.0, gt=0)
+    # data directory ("" = $SLIMKV_DATA or ./data)
+    data_dir: str = ""
+    # held-out tokens scored at the end, in 16 evenly spaced spans (0 = the whole split)
+    eval_tokens: int = ranged(EVAL_TOKENS, ge=0)
+    # --section.field=value overrides of the tiny preset, e.g. --data.files=my.txt (slimkv train --help lists them)
+    overrides: list[str] = field(default_factory=list)
+
+
+def run_main_job(job: MainJobConfig | None = None, progress: bool = True) -> dict:
+    """Run the Quick-start job within `job.minutes` of wall clock (everything included); returns the report dict
+    (also written to runs/<name>/report.json beside loss.png and memory.png)."""
     from ..data.corpus import heldout_description
     from ..data.prepare import prepare_data
     from ..data.shards import unigram_perplexity
@@ -197,10 +202,12 @@ def run_main_job(name: str = "main", minutes: float = 10.0, data_dir: str | None
     from ..train.metrics import read_metrics
     from ..train.trainer import Trainer
 
-    if minutes <= 0:
-        raise ValueError(f"the time budget must be positive, got {minutes} minutes")
+    job = job or MainJobConfig()
+    name, data_dir, overrides, eval_tokens = job.name, job.data_dir or None, tuple(job.overrides), job.eval_tokens
+    if job.minutes <= 0:
+        raise ValueError(f"the time budget must be positive, got {job.minutes} minutes")
     start = time.perf_counter()
-    budget = minutes * 60
+    budget = job.minutes * 60
     deadline = start + budget - SAFETY_SECONDS
     # the trainer gets a generous step count and the full budget as a backstop; the planner sets the real length
     config = load_run_config(preset_path("tiny"), [

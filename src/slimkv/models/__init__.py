@@ -10,3 +10,8 @@ AutoModel.register(RodimusConfig, RodimusModel, exist_ok=True)
 AutoModelForCausalLM.register(RodimusConfig, RodimusForCausalLM, exist_ok=True)
 
 __all__ = ["RodimusCache", "RodimusConfig", "RodimusForCausalLM", "RodimusModel", "RodimusPreTrainedModel"]
+
+# registration that waited for this package (slimkv/registration.py) can finish now
+from ..registration import after_models  # noqa: E402
+
+after_models()

@@ -8,49 +8,37 @@ from __future__ import annotations
 
 import os
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from ..config import check_ranges, config_from_dict, load_config, ranged
+from ..config import check_ranges, config_from_dict, load_config, ranged, setting
 from ..data.files import data_root
+from ..models.factory import model_config, model_options
 
 
 @dataclass
-class ModelConfig:
-    # which network: Rodimus (pure recurrent), Rodimus+ (recurrent + sliding-window shared-key attention),
-    # a Llama-style Transformer baseline (transformers.LlamaForCausalLM), or the Mamba2 / GLA baselines on the
-    # Rodimus scaffolding (mem_size is their state knob: Mamba2 state size N, GLA key dim per head)
-    arch: Literal["rodimus", "rodimus_plus", "llama", "mamba2", "gla"] = "rodimus_plus"
+class ModelSection:
+    """The run-level part of the `model` section: which network, its vocabulary and its depth. ModelConfig adds
+    every option of the network's own config (models/factory.py `model_options`), under that config's names."""
+
+    # which network: a slimkv block type (rodimus: pure recurrent; rodimus_plus: recurrent + sliding-window
+    # shared-key attention; mamba2 / gla: the baselines on the same scaffolding, mem_size their state knob) or
+    # llama, the Transformer baseline
+    arch: str = "rodimus_plus"
     # token vocabulary; 0 = take it from the data's tokenizer
     vocab_size: int = ranged(0, ge=1, special=(0,))
-    # model width d
-    hidden_size: int = ranged(256, ge=1)
     # number of layers; 0 = look the arch up in layers_by_arch (so presets keep sizes matched per arch)
     num_hidden_layers: int = ranged(0, ge=1, special=(0,))
     # layers per arch when num_hidden_layers is 0, e.g. {rodimus: 4, rodimus_plus: 2, llama: 2}
     layers_by_arch: dict[str, int] = field(default_factory=dict)
-    # Rodimus recurrent state rows m ("expansion factor n" in the paper)
-    mem_size: int = ranged(64, ge=1)
-    # Rodimus inner width e = expand_ratio * d
-    expand_ratio: float = ranged(2.0, gt=0)
-    # attention heads (Rodimus+ SW-SKA query heads, Llama heads); 0 = d / 128 for rodimus_plus, d / 64 for llama
-    num_heads: int = ranged(0, ge=1, special=(0,))
-    # Llama key/value heads; 0 = num_heads (plain multi-head attention)
-    num_key_value_heads: int = ranged(0, ge=1, special=(0,))
-    # Rodimus+ attention window W (official semantics: each query sees the previous W/2 tokens)
-    window_size: int = ranged(4096, ge=2, even=True)
-    # Llama FFN width; 0 = 8/3 d rounded up to a multiple of 64
-    intermediate_size: int = ranged(0, ge=1, special=(0,))
-    # position limit; training seq_len and evaluation windows must not exceed it
-    max_position_embeddings: int = ranged(2048, ge=1)
-    # share the embedding with the LM head
-    tie_word_embeddings: bool = True
-    # std of the normal init of linear and embedding weights
-    initializer_range: float = ranged(0.02, ge=0)
-    # any further Hugging Face config fields, passed through unchanged
-    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # "0 = derive it" was the spelling of these before they were the model config's own options (None)
+        for name in LEGACY_ZERO:
+            if getattr(self, name, None) == 0:
+                setattr(self, name, None)
 
     def resolved_num_layers(self) -> int:
         if self.num_hidden_layers > 0:
@@ -58,6 +46,29 @@ class ModelConfig:
         if self.arch in self.layers_by_arch:
             return self.layers_by_arch[self.arch]
         raise ValueError(f"config field 'model.num_hidden_layers' is 0 and 'model.layers_by_arch' has no {self.arch!r}")
+
+    def options(self) -> dict[str, Any]:
+        """The options of the network's config (every field but the run-level ones and `extra`)."""
+        return {o.name: getattr(self, o.name) for o in model_options()}
+
+    def model_config(self, vocab_size: int | None = None):
+        """The Hugging Face config this section describes (the one validation of every model option)."""
+        vocab = vocab_size or self.vocab_size or 2
+        return model_config(self.arch, vocab_size=vocab, num_hidden_layers=self.resolved_num_layers(),
+                            options=self.options(), extra=self.extra)
+
+
+LEGACY_ZERO = ("num_heads", "num_key_value_heads", "intermediate_size")
+
+ModelConfig = make_dataclass(
+    "ModelConfig",
+    [(o.name, o.type, setting(o.default, doc=o.doc, **o.range, **({"special": (0,)} if o.name in LEGACY_ZERO else {})))
+     for o in model_options()]
+    # any further Hugging Face config fields, passed to the model config unchecked
+    + [("extra", dict[str, Any], setting(default_factory=dict, doc="any further Hugging Face config fields, "
+                                         "passed to the model config unchecked"))],
+    bases=(ModelSection,), namespace={"__module__": __name__, "__doc__": ModelSection.__doc__},
+)
 
 
 @dataclass
@@ -213,27 +224,20 @@ def run_config_from_dict(data: dict, overrides: typing.Sequence[str] = ()) -> Ru
 
 
 def validate(config: RunConfig) -> None:
-    """Every field's range, then the rules that span fields; each failure names the field in one line."""
+    """Every field's range, then the model config built from the model section, then the rules that span
+    sections; each failure names the field in one line."""
     check_ranges(config)
     model, data, train = config.model, config.data, config.train
     for arch, layers in model.layers_by_arch.items():
         if layers < 1:
             raise ValueError(f"config field 'model.layers_by_arch.{arch}' must be >= 1, got {layers}")
-    model.resolved_num_layers()
-    if model.num_heads and model.arch != "rodimus" and model.hidden_size % model.num_heads:
-        raise ValueError(f"config field 'model.num_heads' ({model.num_heads}) must divide 'model.hidden_size' "
-                         f"({model.hidden_size})")
-    if model.arch == "llama" and model.num_heads and model.num_key_value_heads \
-            and model.num_heads % model.num_key_value_heads:
-        raise ValueError(f"config field 'model.num_key_value_heads' ({model.num_key_value_heads}) must divide "
-                         f"'model.num_heads' ({model.num_heads})")
+    limit = getattr(model.model_config(), "max_position_embeddings", None)
     if data.source == "synthetic" and data.synthetic_tokens < data.seq_len + 1:
         raise ValueError(f"config field 'data.synthetic_tokens' ({data.synthetic_tokens}) must be at least "
                          f"'data.seq_len' + 1 ({data.seq_len + 1})")
-    if data.seq_len > model.max_position_embeddings:
+    if limit is not None and data.seq_len > limit:
         raise ValueError(f"config field 'data.seq_len' ({data.seq_len}) exceeds the model's position limit "
-                         f"'model.max_position_embeddings' ({model.max_position_embeddings})")
+                         f"'model.max_position_embeddings' ({limit})")
     if train.batch_size % train.micro_batch_size:
         raise ValueError(f"config field 'train.batch_size' ({train.batch_size}) must be a multiple of "
                          f"'train.micro_batch_size' ({train.micro_batch_size})")
-from ..data.files import data_root

@@ -1,6 +1,6 @@
 """AdamW with the official Rodimus no-decay exclusions, and linear warmup + cosine decay.
 
-Exclusions (spec/rodimus.md section 4; codefuse-ai/rodimus `_set_no_weight_decay`): biases, norm weights, the
+Exclusions (docs/rodimus.md section 4; codefuse-ai/rodimus `_set_no_weight_decay`): biases, norm weights, the
 Rodimus `residual_weight` D, and the input embedding only when it is NOT tied to the LM head (a tied embedding is
 the LM head's weight, which the official code decays).
 """

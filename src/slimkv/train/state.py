@@ -23,7 +23,7 @@ from ..config import config_to_dict
 from ..errors import UserError
 from ..io import FileLock
 from . import checkpoint as ckpt
-from .config import RunConfig
+from .config import LEGACY_ZERO, RunConfig
 from .parallelize import all_reduce_sum, unwrap
 
 logger = logging.getLogger(__name__)
@@ -32,8 +32,10 @@ LOCK = ".lock"
 # fields whose change makes a resumed run differ from the one it continues; see the module docstring
 RESUME_SECTIONS = ("data", "optim")
 RESUME_FIELDS = ("train.steps",)
+# model options that decide the parameters' shapes (compared when the checkpoint's config has them)
 MODEL_FIELDS = ("arch", "hidden_size", "num_hidden_layers", "mem_size", "expand_ratio", "num_heads",
-                "num_key_value_heads", "window_size", "intermediate_size", "tie_word_embeddings", "vocab_size")
+                "num_key_value_heads", "window_size", "intermediate_size", "tie_word_embeddings", "vocab_size",
+                "conv_size", "ffn_expand_ratio", "input_gate_low_rank")
 
 
 def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
@@ -148,7 +150,7 @@ class Checkpointer:
     def _load(self, checkpoint: Path, model, optimizer, scheduler, data_sequences: int,
               allow_config_change: bool) -> ResumePoint:
         meta = ckpt.load_meta(checkpoint)
-        self.check_compatible(checkpoint, meta, data_sequences, allow_config_change)
+        changes = self.check_compatible(checkpoint, meta, data_sequences, allow_config_change)
         if meta["format"] == "dcp":
             import torch.distributed.checkpoint as dcp
             from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
@@ -174,11 +176,16 @@ class Checkpointer:
         if rng is not None:
             ckpt.set_rng_state(rng)
         self.last = checkpoint
+        if changes:
+            # said once the checkpoint has loaded: a refused resume says only why it was refused
+            logger.warning("resuming %s with changed settings (--allow-config-change): %s", checkpoint,
+                           "; ".join(changes))
         return ResumePoint(checkpoint, int(meta["step"]), int(meta.get("tokens_seen", 0)))
 
     def check_compatible(self, checkpoint: Path, meta: dict[str, Any], data_sequences: int,
-                         allow_config_change: bool) -> None:
-        """Refuse a checkpoint this config cannot continue (module docstring); hard rules first, then settings."""
+                         allow_config_change: bool) -> list[str]:
+        """Refuse a checkpoint this config cannot continue (module docstring); hard rules first, then settings.
+        Returns the settings that changed (allowed by `allow_config_change`)."""
         saved = meta.get("config", {})
         saved_model = dict(saved.get("model", {}))
         current_all = config_to_dict(self.config)
@@ -187,6 +194,10 @@ class Checkpointer:
         for fields in (saved_model, current):
             if fields.get("num_hidden_layers") == 0:
                 fields["num_hidden_layers"] = fields.get("layers_by_arch", {}).get(fields.get("arch"), 0)
+            # checkpoints of older slimkv spell "derive it" as 0 (train/config.py LEGACY_ZERO)
+            for key in LEGACY_ZERO:
+                if fields.get(key) == 0:
+                    fields[key] = None
         for key in MODEL_FIELDS:
             if key in saved_model and saved_model[key] != current[key]:
                 raise UserError(f"checkpoint {str(checkpoint)!r} does not match the config: model.{key} is "
@@ -209,6 +220,4 @@ class Checkpointer:
             raise UserError(f"checkpoint {str(checkpoint)!r} was trained with other data or schedule settings "
                             f"({'; '.join(changes)}); resuming would silently change the data order or the learning "
                             "rate: restore them, or pass --allow-config-change to continue with the new values")
-        if changes:
-            logger.warning("resuming %s with changed settings (--allow-config-change): %s", checkpoint,
-                           "; ".join(changes))
+        return changes

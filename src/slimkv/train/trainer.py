@@ -13,6 +13,7 @@ function of the step, see batches.py).
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -23,13 +24,14 @@ from typing import Callable
 import numpy as np
 import torch
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ..config import dump_config
 from ..device import resolve_device
 from ..errors import UserError, os_error_message
 from . import checkpoint as ckpt
 from .batches import BatchPlan
-from .config import RunConfig
+from .config import RunConfig, validate
 from .data_sources import DataSources, build_sources
 from .export import copy_tokenizer, export_model
 from .factory import build_model, count_parameters
@@ -38,6 +40,8 @@ from .metrics import MetricsLogger
 from .optim import build_optimizer, build_scheduler
 from .parallelize import all_reduce_max, init_distributed, parallelize, unwrap
 from .state import Checkpointer, RunFolder
+
+logger = logging.getLogger(__name__)
 
 # (trainer, step, loss) -> None; called on every rank after each optimizer step (test hooks, custom logging)
 StepCallback = Callable[["Trainer", int, float], None]
@@ -87,6 +91,8 @@ class Trainer:
     # ---------------------------------------------------------------- setup
     def _setup(self) -> None:
         cfg = self.config
+        # a config built in code (dataclasses.replace, a hand-made RunConfig) gets the same checks as a loaded one
+        validate(cfg)
         self.device = resolve_device(cfg.train.device, what="config field 'train.device'",
                                      index=int(os.environ.get("LOCAL_RANK", "0")))
         self.rank, self.local_rank, self.world_size = init_distributed(cfg.train.parallel, self.device.type)
@@ -101,10 +107,6 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         np.random.seed(cfg.train.seed)
         model = build_model(cfg.model, vocab_size, seed=cfg.train.seed)
-        limit = getattr(model.config, "max_position_embeddings", None)
-        if limit is not None and cfg.data.seq_len > limit:
-            raise ValueError(f"config field 'data.seq_len' ({cfg.data.seq_len}) exceeds the model's position limit "
-                             f"max_position_embeddings ({limit})")
         self.params = count_parameters(model)
         model.to(self.device)
         self.model = parallelize(model, parallel=cfg.train.parallel, device=self.device,
@@ -194,7 +196,7 @@ class Trainer:
         ppl = math.exp(min(heldout_loss, 700.0))
         self.metrics.log(step, {"heldout_loss": heldout_loss, "heldout_ppl": ppl})
         if self.is_main and self.config.log.progress:
-            tqdm.write(f"step {step}: held-out loss {heldout_loss:.4f}, ppl {ppl:.2f}")
+            logger.info("step %d: held-out loss %.4f, ppl %.2f", step, heldout_loss, ppl)
 
     def _after_step(self, step: int, loss: float, grad_norm: float, lr: float, throughput: Throughput,
                     result: TrainResult) -> None:
@@ -228,9 +230,9 @@ class Trainer:
                              checkpoint=self.last_checkpoint)
         if self.is_main:
             counts = ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in self.params.items())
-            print(f"slimkv train: {cfg.model.arch} ({counts}) on {self.world_size} x {self.device.type}, "
-                  f"parallel={cfg.train.parallel}, accumulation={self.plan.accumulation}, run dir {self.run_dir}",
-                  flush=True)
+            logger.info("slimkv train: %s (%s) on %d x %s, parallel=%s, accumulation=%d, run dir %s", cfg.model.arch,
+                        counts, self.world_size, self.device.type, cfg.train.parallel, self.plan.accumulation,
+                        self.run_dir)
         tokens_per_step = cfg.train.batch_size * cfg.data.seq_len
         progress = tqdm(total=cfg.train.steps, initial=self.start_step, disable=not (self.is_main and cfg.log.progress),
                         desc=f"train {cfg.train.name}", unit="step", dynamic_ncols=True)
@@ -238,7 +240,8 @@ class Trainer:
         started = time.perf_counter()
         throughput = Throughput()
         try:
-            with self.stop.catch_signals():
+            # log lines go above the progress bar instead of through it
+            with self.stop.catch_signals(), logging_redirect_tqdm(loggers=[logging.getLogger("slimkv")]):
                 while step < cfg.train.steps:
                     rng_at_step_start = ckpt.rng_state()
                     step_started = time.perf_counter()
@@ -268,7 +271,7 @@ class Trainer:
                             f"continue with --resume", path)
                     if out_of_time:
                         if self.is_main:
-                            tqdm.write(f"train.max_seconds ({cfg.train.max_seconds:g}) reached after step {step}")
+                            logger.info("train.max_seconds (%g) reached after step %d", cfg.train.max_seconds, step)
                         break
             if cfg.eval.every >= 0:
                 self._log_eval(step, result)

@@ -7,7 +7,7 @@ legend: R rows (every leading dim flattened), m memory size (keys)
     log_decay = -tau * g                (the tempered decay, <= 0)
     k_gated   = k / max(||k||, eps) * g ** tau
 
-exactly layers/ddts.py `_gates` after its two projections (shared/spec/rodimus.md section 1). Math in float32
+exactly layers/ddts.py `_gates` after its two projections (docs/rodimus.md section 1). Math in float32
 (float64 on the torch backend for float64 inputs); log_decay is float32, k_gated comes out in `out_dtype` (default
 float32, what the layer produces; pass the GLA operand dtype to skip a cast).
 

@@ -2,22 +2,21 @@
 
 legend: B batch, T time, H heads, K key dim, V value dim
 
-`run(out_dir)` (a) checks every Triton kernel against a float64 reference at realistic shapes in bf16 and float32
+The shapes (`Shape`) and inputs (`make_inputs`) here serve the CPU benchmark of the same op too (bench/ops.py).
+
+`run(out_dir)` (`slimkv bench kernels`) (a) checks every Triton kernel against a float64 reference at realistic shapes in bf16 and float32
 (relative error ||out - ref|| / ||ref||, fresh random inputs, outputs poisoned with NaN beforehand, gradients too),
 (b) times forward and forward+backward (median of triton.testing.do_bench) for each backend, beside the floors
-from bytes moved and FLOPs, and (c) breaks the target shape down by kernel with the torch profiler. It writes
+from bytes moved and FLOPs, (c) compares the models on the GPU with the CPU path (`model_parity`: logits,
+gradients, greedy tokens), and (d) breaks the target shape down by kernel with the torch profiler. It writes
 gla_gpu.json and gla_gpu.png. flash-linear-attention is optional: without it the peer columns are empty.
 Needs CUDA; importing this module does not.
 """
 from __future__ import annotations
 
-import contextlib
-import datetime
-import json
+import logging
 import math
 import os
-import platform
-import subprocess
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,7 +24,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..io import atomic_write, atomic_write_text
+from ..config import ranged, setting
+from ..errors import UserError
+from ..machine import package_version
+from .harness import machine_header, nan_filled_empty, relative_error, run_folder, write_json, write_png
+
+logger = logging.getLogger(__name__)
 
 SCHEMA = "slimkv.bench.ops/1"
 # where inputs live; a CPU smoke run under TRITON_INTERPRET=1 sets "cpu" (timings still need CUDA)
@@ -41,9 +45,12 @@ class Shape:
     K: int
     V: int
     decay: str  # "channel" ([B, T, H, K]) or "head" ([B, T, H])
+    # log-decays down to -20 per step: every sub-chunk takes the exact path of the chunked algorithm
+    strong_decay: bool = False
 
     def label(self) -> str:
-        return f"{self.name} B{self.B} T{self.T} H{self.H} K{self.K} V{self.V}"
+        return (f"{self.name} B{self.B} T{self.T} H{self.H} K{self.K} V{self.V}"
+                + (" strong" if self.strong_decay else ""))
 
 
 # Rodimus at d = 2048: one head, K = mem_size = 64, V = 2d = 4096; Mamba2-like: many small heads, per-head decay
@@ -68,33 +75,10 @@ CHECK_SHAPES = [
 BOUNDS = {torch.float32: 3e-3, torch.bfloat16: 1e-2}
 
 
-def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    out, ref = out.detach().double(), ref.detach().double()
-    return float((out - ref).norm() / ref.norm().clamp_min(1e-300))
-
-
-@contextlib.contextmanager
-def _nan_empty():
-    """torch.empty / empty_like return NaN-filled tensors, so an output element the kernels never write shows."""
-    real_empty, real_empty_like = torch.empty, torch.empty_like
-
-    def empty(*args, **kwargs):
-        t = real_empty(*args, **kwargs)
-        return t.fill_(float("nan")) if t.is_floating_point() else t
-
-    def empty_like(*args, **kwargs):
-        t = real_empty_like(*args, **kwargs)
-        return t.fill_(float("nan")) if t.is_floating_point() else t
-
-    torch.empty, torch.empty_like = empty, empty_like
-    try:
-        yield
-    finally:
-        torch.empty, torch.empty_like = real_empty, real_empty_like
-
-
 def make_inputs(shape: Shape, dtype: torch.dtype, device=None, strong_decay=False, num_states=None, seed=None):
-    """Random inputs shaped like a DDTS layer's: unit-norm-ish keys, log-decay -tau * softplus(.)."""
+    """Random inputs shaped like a DDTS layer's: unit-norm-ish keys, log-decay -tau * softplus(.); fresh (seeded
+    from the clock) unless `seed` is given. `strong_decay` (or the shape's own) draws log-decays in [-20, 0]."""
+    strong_decay = strong_decay or shape.strong_decay
     device = device or DEVICE
     gen = torch.Generator(device=device)
     gen.manual_seed(seed if seed is not None else int(time.time_ns() % (2**31)))
@@ -174,14 +158,14 @@ def check_one(shape: Shape, dtype: torch.dtype, backend="triton", reference="chu
     out_w = torch.randn(shape.B, shape.T, shape.H, shape.V, device=DEVICE, dtype=torch.float64)
     state_w = torch.randn(num_states or shape.B, shape.H, shape.K, shape.V, device=DEVICE, dtype=torch.float64)
     ours_in = [x.detach().clone().requires_grad_(True) for x in raw]
-    with _nan_empty():
+    with nan_filled_empty():
         ours = _forward_backward(_backend_fn(backend), ours_in, out_w, state_w, cu)
     ref_in = [x.detach().double().requires_grad_(True) for x in raw]
     ref_fn = _backend_fn(reference)
     if cu is not None:
         ref_fn = _per_segment(ref_fn, cu)
     ref = _forward_backward(ref_fn, ref_in, out_w, state_w)
-    errors = {n: _rel_err(a, b) for n, a, b in zip(NAMES, ours, ref)}
+    errors = {n: relative_error(a, b) for n, a, b in zip(NAMES, ours, ref)}
     bound = BOUNDS[dtype]
     worst = max(errors.values()) if all(e == e for e in errors.values()) else float("nan")
     return {"shape": asdict(shape), "dtype": str(dtype).replace("torch.", ""), "backend": backend,
@@ -208,13 +192,13 @@ def check_step(shape: Shape, dtype: torch.dtype) -> dict:
 
     q, k, v, g, h0 = make_inputs(shape, dtype)
     args = (q[:, 0], k[:, 0], v[:, 0], g[:, 0])
-    with _nan_empty():
+    with nan_filled_empty():
         o, s = gla_step_triton(*args, h0)
     qd, kd, vd, gd = (x.double() for x in args)
     decay = gd.exp() if gd.dim() == 3 else gd.exp().unsqueeze(-1)
     s_ref = h0.double() * decay.unsqueeze(-1) + kd.unsqueeze(-1) * vd.unsqueeze(-2)
     o_ref = torch.einsum("bhk,bhkv->bhv", qd, s_ref) * shape.K**-0.5
-    errors = {"o": _rel_err(o, o_ref), "state": _rel_err(s, s_ref)}
+    errors = {"o": relative_error(o, o_ref), "state": relative_error(s, s_ref)}
     bound = BOUNDS[dtype]
     return {"shape": asdict(shape), "dtype": str(dtype).replace("torch.", ""), "backend": "triton_step",
             "reference": "formula float64", "errors": errors, "bound": bound,
@@ -227,7 +211,7 @@ def _log_check(r: dict, log) -> None:
         f"worst {worst}={r['errors'][worst]:.2e} bound {r['bound']:.0e} {'ok' if r['passed'] else 'FAIL'}")
 
 
-def run_checks(log=print, deadline: float = float("inf")) -> list[dict]:
+def run_checks(log=logger.info, deadline: float = float("inf")) -> list[dict]:
     """Every kernel in both dtypes; logs each result as it lands and stops starting new ones after `deadline`."""
     lengths = [1, 63, 64, 65, 700, 2000, 1203]
     jobs = []
@@ -256,6 +240,41 @@ def run_checks(log=print, deadline: float = float("inf")) -> list[dict]:
         results.append(job())
         _log_check(results[-1], log)
     return results
+
+
+def model_parity(device: str = "cuda", log=logger.info) -> list[dict]:
+    """The models on `device` (Triton GLA, FlexAttention) against the same weights on the CPU path (chunked torch):
+    fp32 logits and every gradient, bf16-autocast logits, and cached greedy decoding token for token."""
+    from ..models import RodimusConfig, RodimusForCausalLM
+
+    rows = []
+    for block in ("rodimus", "rodimus_plus"):
+        torch.manual_seed(0)
+        cfg = RodimusConfig(vocab_size=1000, hidden_size=256, num_hidden_layers=2, block_type=block, num_heads=2,
+                            window_size=128, max_position_embeddings=4096)
+        cpu = RodimusForCausalLM(cfg).float()
+        gpu = RodimusForCausalLM(cfg).to(device)
+        gpu.load_state_dict(cpu.state_dict())
+        ids = torch.randint(0, 1000, (2, 300))
+        out_c = cpu(ids, labels=ids)
+        out_c.loss.backward()
+        out_g = gpu(ids.to(device), labels=ids.to(device))
+        out_g.loss.backward()
+        cpu_grads = {n: p.grad for n, p in cpu.named_parameters()}
+        row = {"block_type": block, "logits_fp32": relative_error(out_g.logits.cpu(), out_c.logits),
+               "worst_grad": max(relative_error(p.grad.cpu(), cpu_grads[n]) for n, p in gpu.named_parameters())}
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
+            row["logits_bf16_autocast"] = relative_error(gpu(ids.to(device)).logits.float().cpu(), out_c.logits)
+        gpu.eval()
+        cpu.eval()
+        with torch.no_grad():
+            a = gpu.generate(ids[:, :20].to(device), max_new_tokens=30, do_sample=False).cpu()
+            b = cpu.generate(ids[:, :20], max_new_tokens=30, do_sample=False)
+        row["greedy_tokens_differ"] = int((a != b).sum())
+        log(f"{block}: fp32 logits {row['logits_fp32']:.2e}, worst grad {row['worst_grad']:.2e}, bf16 logits "
+            f"{row['logits_bf16_autocast']:.2e}, greedy tokens differing {row['greedy_tokens_differ']}")
+        rows.append(row)
+    return rows
 
 
 def device_ceilings() -> dict:
@@ -340,7 +359,7 @@ def time_one(shape: Shape, dtype: torch.dtype, backend: str, mode: str) -> float
     return do_bench(step, warmup=25, rep=100, return_mode="median")
 
 
-def run_timings(ceilings: dict, shapes=TIMING_SHAPES, backends=("triton", "fla", "chunked"), log=print,
+def run_timings(ceilings: dict, shapes=TIMING_SHAPES, backends=("triton", "fla", "chunked"), log=logger.info,
                 deadline: float = float("inf"), rows: list | None = None, on_row=None) -> list[dict]:
     """Appends to `rows` (and calls on_row after each) so a run cut short keeps what it measured. The peer's first
     call at a new shape includes its autotuning (86 s for fla's forward at the target on an H100): budget for it."""
@@ -408,7 +427,7 @@ def stage_profile(shape: Shape, backend: str, iters: int = 5) -> dict:
     return dict(sorted(stages.items(), key=lambda kv: -kv[1]))
 
 
-def tune(shape: Shape = TARGET, log=print) -> list[dict]:
+def tune(shape: Shape = TARGET, log=logger.info) -> list[dict]:
     """Sweep launch parameters of each stage at `shape`; keep the fastest in TUNING. Returns every trial."""
     from triton.testing import do_bench
 
@@ -463,27 +482,15 @@ def tune(shape: Shape = TARGET, log=print) -> list[dict]:
 
 
 def _meta() -> dict:
-    import triton
-
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        commit = ""
-    props = torch.cuda.get_device_properties(0)
-    meta = {"device": torch.cuda.get_device_name(0), "sms": props.multi_processor_count,
-            "torch": torch.__version__, "triton": triton.__version__, "python": platform.python_version(),
-            "commit": commit or os.environ.get("SLIMKV_COMMIT", ""),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    try:
-        import fla
-
-        meta["fla"] = getattr(fla, "__version__", "?")
-    except ImportError:
-        meta["fla"] = None
+    """The older "meta" block of gla_gpu.json (docs/kernels.md reads it), from the shared machine header."""
+    header = machine_header("cuda")
+    meta = {"device": header["device_name"], "sms": header.get("sms"), "torch": header["torch"],
+            "triton": header["triton"], "python": header["python"], "commit": header["git_commit"],
+            "date": header["date"], "fla": package_version("fla-core") or package_version("flash-linear-attention")}
     return meta
 
 
-def plot(report: dict, path: Path) -> None:
+def plot(report: dict):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -524,43 +531,41 @@ def plot(report: dict, path: Path) -> None:
         ax.legend(fontsize=8)
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    atomic_write(path, lambda handle: fig.savefig(handle, dpi=110, format="png"))
-    plt.close(fig)
-
-
-def _write_json(report: dict, path: Path) -> None:
-    atomic_write_text(path, json.dumps(report, indent=1, default=str))
+    return fig
 
 
 def run(out_dir: str | os.PathLike, checks=True, timings=True, tuning=False, profile=True,
-        shapes=TIMING_SHAPES, log=print, budget_s: float = 480.0) -> dict:
+        shapes=TIMING_SHAPES, log=logger.info, budget_s: float = 480.0) -> dict:
     """Everything above in one go; writes gla_gpu.json (after every section) and gla_gpu.png."""
     if not torch.cuda.is_available():
-        raise RuntimeError("slimkv.bench.gpu_ops needs a CUDA device")
+        raise UserError("slimkv bench kernels needs a CUDA GPU")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / "gla_gpu.json"
     start = time.time()
-    report = {"schema": SCHEMA, "meta": _meta()}
+    report = {"schema": SCHEMA, "header": machine_header("cuda"), "meta": _meta()}
     log(f"device: {report['meta']['device']}  torch {torch.__version__}  fla {report['meta']['fla']}")
     report["ceilings"] = device_ceilings()
     log(f"ceilings: copy {report['ceilings']['copy_bytes_per_s'] / 1e12:.2f} TB/s, "
         f"bf16 {report['ceilings']['bf16_flop_per_s'] / 1e12:.0f} TFLOP/s")
     if checks:
         report["checks"] = run_checks(log, deadline=start + 0.35 * budget_s)
-        _write_json(report, json_path)
+        write_json(json_path, report)
     if tuning:
         report["tuning"] = tune(TARGET, log)
-        _write_json(report, json_path)
+        write_json(json_path, report)
     from slimkv.ops.gla.triton import TUNING
 
     report["tuning_used"] = asdict(TUNING)
     if timings:
         report["timings"] = []
         run_timings(report["ceilings"], shapes, log=log, deadline=start + 0.8 * budget_s, rows=report["timings"],
-                    on_row=lambda: _write_json(report, json_path))
-        _write_json(report, json_path)
-        plot(report, out / "gla_gpu.png")
+                    on_row=lambda: write_json(json_path, report))
+        write_json(json_path, report)
+        write_png(out / "gla_gpu.png", plot(report))
+    if checks and time.time() < start + 0.85 * budget_s:
+        report["model_parity"] = model_parity(log=log)
+        write_json(json_path, report)
     if profile and time.time() < start + 0.9 * budget_s:
         report["stages"] = {"triton": stage_profile(TARGET, "triton")}
         if fla_available():
@@ -569,5 +574,52 @@ def run(out_dir: str | os.PathLike, checks=True, timings=True, tuning=False, pro
             log(f"stages {backend} at {TARGET.label()} (ms per fwd+bwd):")
             for name, ms in list(stages.items())[:14]:
                 log(f"   {ms:8.3f}  {name}")
-    _write_json(report, json_path)
+    write_json(json_path, report)
     return report
+
+
+@dataclass
+class KernelsBenchConfig:
+    """`slimkv bench kernels` (GPU): which sections of `run` to do, and where the files go."""
+
+    # the run folder for gla_gpu.json and gla_gpu.png ("" = runs/bench/kernels)
+    out: str = setting("", metavar="DIR")
+    # seconds before later sections are cut short
+    budget: float = ranged(480.0, gt=0)
+    # check every kernel against the float64 reference
+    checks: bool = True
+    # time every backend at the timing shapes
+    timings: bool = True
+    # sweep launch parameters at the target shape first
+    tune: bool = False
+    # break the target shape down by kernel with the torch profiler
+    profile: bool = True
+    # time only the target shape B8 T2048 K64 V4096
+    target_only: bool = False
+
+
+def run_kernels_bench(config: KernelsBenchConfig, log=logger.info) -> dict:
+    """`run` with the config's sections into its run folder; returns the report."""
+    shapes = [TARGET] if config.target_only else TIMING_SHAPES
+    return run(run_folder("kernels", config.out or None), checks=config.checks, timings=config.timings,
+               tuning=config.tune, profile=config.profile, shapes=shapes, log=log, budget_s=config.budget)
+
+
+def format_summary(report: dict) -> str:
+    """The timings as a markdown table (ms of each backend beside the floor) and the checks that failed."""
+    rows = report.get("timings", [])
+    lines = ["| shape | mode | triton ms | chunked ms | fla ms | floor ms | fla / triton |", "|---|---|---|---|---|---|---|"]
+    keys = list(dict.fromkeys((Shape(**r["shape"]).label(), r["mode"]) for r in rows))
+    for label, mode in keys:
+        by = {r["backend"]: r for r in rows if Shape(**r["shape"]).label() == label and r["mode"] == mode}
+        ms = {b: (by[b].get("ms") if b in by else None) for b in ("triton", "chunked", "fla")}
+        floor = next(iter(by.values()))["floor_ms"]
+        ratio = f"{ms['fla'] / ms['triton']:.2f}" if ms["fla"] and ms["triton"] else "-"
+        cells = [f"{ms[b]:.3f}" if ms[b] else "-" for b in ("triton", "chunked", "fla")]
+        lines.append(f"| {label} | {mode} | " + " | ".join(cells) + f" | {floor:.3f} | {ratio} |")
+    checks = report.get("checks", [])
+    if checks:
+        failed = [c for c in checks if not c["passed"]]
+        lines.append(f"\nchecks: {len(checks) - len(failed)}/{len(checks)} passed")
+        lines += [f"FAILED: {c['backend']} {c['dtype']} {Shape(**c['shape']).label()} {c['errors']}" for c in failed]
+    return "\n".join(lines)

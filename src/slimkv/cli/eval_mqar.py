@@ -1,0 +1,41 @@
+"""multi-query associative recall (Zoology protocol): train and score a sweep of model kind x state size x learning
+rate on the project trainer; writes mqar.json and mqar.png.
+
+    slimkv eval mqar --archs rodimus,rodimus_plus,llama --state-sizes 16,64 --max-minutes 5 --device cuda
+"""
+from __future__ import annotations
+
+import argparse
+
+from ..eval.mqar_sweep import MQARSweepConfig
+from .options import add_config_arguments, config_from_args
+
+OVERRIDES = True
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser, MQARSweepConfig)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..eval.mqar_sweep import sweep_to_folder
+
+    config = config_from_args(args, MQARSweepConfig)
+    target = config.target_segment().name
+
+    def report_run(i: int, n: int, record: dict) -> None:
+        if not args.quiet:
+            state = "full" if record["state_size"] is None else record["state_size"]
+            print(f"[{i + 1}/{n}] {record['arch']} d={record['d_model']} n={state} lr={record['lr']:.2e}: "
+                  f"{target} acc {record['accuracy'][target]:.3f}, loss {record['final_loss']:.3f}, "
+                  f"{record['steps']} steps in {record['train_seconds']:.0f}s", flush=True)
+
+    report, json_path, png_path = sweep_to_folder(config, on_run=report_run)
+    print(f"best over learning rates, accuracy at {target}:")
+    for row in report["best"]:
+        state = "full" if row["state_size"] is None else row["state_size"]
+        print(f"  {row['arch']:<13} d={row['d_model']:<4} n={state!s:<5} acc {row['accuracy']:.3f} "
+              f"(lr {row['lr']:.2e}, state {row['state_bytes']:,} bytes)")
+    print(f"wrote {json_path} and {png_path} ({len(report['runs'])} of {report['planned_runs']} runs, "
+          f"{report['seconds']:.0f}s)")
+    return 0
