@@ -1,9 +1,11 @@
 """slimkv: language models whose inference memory does not grow with context.
 
-`import slimkv` registers RodimusConfig / RodimusForCausalLM with transformers' Auto classes.
+`import slimkv` registers RodimusConfig / RodimusForCausalLM and RecurFormerConfig / RecurFormerForCausalLM with
+transformers' Auto classes.
 """
-from .models import RodimusConfig, RodimusForCausalLM, RodimusModel  # noqa: F401  (registers Auto classes)
-from . import recurformer  # noqa: F401,E402  (registers RecurFormerConfig / RecurFormerForCausalLM)
+from .models import (RecurFormerConfig, RecurFormerForCausalLM, RodimusConfig,  # noqa: F401  (Auto classes)
+                     RodimusForCausalLM, RodimusModel)
 
 __version__ = "0.1.0"
-__all__ = ["RodimusConfig", "RodimusForCausalLM", "RodimusModel", "__version__"]
+__all__ = ["RecurFormerConfig", "RecurFormerForCausalLM", "RodimusConfig", "RodimusForCausalLM", "RodimusModel",
+           "__version__"]
