@@ -28,10 +28,7 @@ WORKFLOWS: dict[str, set[str]] = {
 }
 # known edges that break the rules, each owned by someone else's branch; an entry that no longer occurs fails the
 # test so that it is removed
-KNOWN = {
-    # owned by the RecurFormer engineer: runs the public commands through slimkv.cli.main (to become library calls)
-    ("recurformer/results.py", "cli"),
-}
+KNOWN: set[tuple[str, str]] = set()
 
 
 def area(parts: list[str]) -> str:

@@ -8,10 +8,11 @@ import their module on first use.
 from . import registration
 
 __version__ = "0.1.0"
-__all__ = ["RodimusConfig", "RodimusForCausalLM", "RodimusModel", "__version__"]
+__all__ = ["RecurFormerConfig", "RecurFormerForCausalLM", "RodimusConfig", "RodimusForCausalLM", "RodimusModel",
+           "__version__"]
 
 # public name -> the module that defines it (imported on first access)
-_LAZY = {"RodimusConfig": "slimkv.models", "RodimusForCausalLM": "slimkv.models", "RodimusModel": "slimkv.models"}
+_LAZY = {name: "slimkv.models" for name in __all__ if name != "__version__"}
 
 
 def __getattr__(name: str):

@@ -20,8 +20,8 @@ SHIM_MODULE = "slimkv_auto"
 # model_type -> (config class, causal LM class), each importable from the installed slimkv
 CLASSES: dict[str, tuple[str, str]] = {
     "slimkv_rodimus": ("slimkv.models.RodimusConfig", "slimkv.models.RodimusForCausalLM"),
-    "recurformer": ("slimkv.recurformer.modeling.RecurFormerConfig",
-                    "slimkv.recurformer.modeling.RecurFormerForCausalLM"),
+    "recurformer": ("slimkv.models.recurformer.RecurFormerConfig",
+                    "slimkv.models.recurformer.RecurFormerForCausalLM"),
 }
 
 _SHIM = '''"""Loads this model folder with the installed slimkv package (`pip install slimkv`): no model code lives here.

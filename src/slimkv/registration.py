@@ -20,8 +20,8 @@ import sys
 
 logger = logging.getLogger(__name__)
 
-# packages whose import registers model classes (models/__init__.py: Rodimus; recurformer/__init__.py: RecurFormer)
-REGISTRANTS = ("slimkv.models", "slimkv.recurformer")
+# packages whose import registers model classes (models/__init__.py: Rodimus and, from models/recurformer/, RecurFormer)
+REGISTRANTS = ("slimkv.models",)
 _deferred = False
 
 

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from slimkv.ops.rope import apply_rope, apply_rope_reference, rope_cos_sin
+from slimkv.ops.rope import apply_rope, apply_rope_reference, rope_cos_sin, rope_inv_freq
 
 
 @pytest.mark.parametrize("rotary_dim", [None, 8])
@@ -78,3 +78,15 @@ def test_bad_arguments():
     cos, sin = rope_cos_sin(torch.arange(4), 16)
     with pytest.raises(ValueError, match="D >= R"):
         apply_rope(torch.zeros(1, 4, 2, 8), cos, sin)
+
+
+def test_tables_from_a_given_frequency_table():
+    """A pretrained model's own frequencies (e.g. Llama-3's rescaled ones) replace base^(-2j / R)."""
+    positions = torch.arange(7).unsqueeze(0)
+    inv_freq = rope_inv_freq(8, 500.0) * torch.tensor([1.0, 0.5, 0.25, 0.125])
+    cos, sin = rope_cos_sin(positions, 0, inv_freq=inv_freq)
+    angles = positions[0, :, None].float() * inv_freq
+    torch.testing.assert_close(cos[0], torch.cat([angles, angles], -1).cos())
+    torch.testing.assert_close(sin[0], torch.cat([angles, angles], -1).sin())
+    same = rope_cos_sin(positions, 8, 500.0)
+    torch.testing.assert_close(rope_cos_sin(positions, 0, inv_freq=rope_inv_freq(8, 500.0))[0], same[0])

@@ -52,10 +52,16 @@ def test_calibration_text_shorter_than_window(tmp_path, capsys):
     _fails(["recurformer", "profile", "--model", str(model), "--data", str(empty)], capsys, "is empty")
 
 
-def test_train_refuses_unconverted_model_without_control(tmp_path, capsys):
+def test_train_refuses_bad_configs_in_one_line(tmp_path, capsys):
     tiny_source("llama").save_pretrained(tmp_path / "m")
-    _fails(["recurformer", "train", "--model", str(tmp_path / "m"), "--out", str(tmp_path / "o")], capsys,
+    _fails(["recurformer", "train", "smollm2-cpu", f"--recurformer.student={tmp_path / 'm'}"], capsys,
            "no conversion.json")
+    _fails(["recurformer", "train", "smollm2-cpu"], capsys, "'recurformer.student' is required")
+    _fails(["recurformer", "train", "smollm2-cpu", "--recurformer.stagee=A"], capsys,
+           "did you mean 'recurformer.stage'")
+    _fails(["recurformer", "train", str(tmp_path / "none.yaml")], capsys, "does not exist")
+    _fails(["recurformer", "convert", "--model", str(tmp_path / "m"), "--out", str(tmp_path / "o"), "--ratio", "0.5",
+            "--select", "learned"], capsys, "pass --gates")
 
 
 def test_profile_writes_table_json_and_png(tmp_path, capsys):

@@ -11,7 +11,7 @@ from slimkv.cli.main import main
 from slimkv.data.pretrained import fetch_smollm2
 from slimkv.recurformer.convert import build_converted
 
-from .test_convert import _pruned_reference
+from .test_model import pruned_reference
 
 TEXT = "It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want"
 
@@ -46,7 +46,7 @@ def test_real_ratio_zero_and_zero_init_exactness(smollm2):
     replaced = [[0, 2] if layer % 3 == 0 else [] for layer in range(30)]
     converted = build_converted(model, replaced, "mamba2", init="zero")
     with torch.no_grad():
-        torch.testing.assert_close(converted(ids).logits, _pruned_reference(model, replaced, ids), rtol=1e-5, atol=5e-4)
+        torch.testing.assert_close(converted(ids).logits, pruned_reference(model, replaced, ids), rtol=1e-5, atol=5e-4)
         out = converted.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=False)
         seq = ids
         for _ in range(4):

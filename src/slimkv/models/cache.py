@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import torch
 
-# state tensors whose dtype is not the model's
-_STATE_DTYPES = {"ring_valid": "bool", "ssm_state": "state"}
+# state tensors whose dtype is not the model's (branch_valid: RecurFormer's streaming heads, layers/branch_window.py)
+_STATE_DTYPES = {"ring_valid": "bool", "branch_valid": "bool", "ssm_state": "state"}
 
 
 def state_dtype(name: str, model_dtype: torch.dtype) -> torch.dtype:

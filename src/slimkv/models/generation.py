@@ -93,11 +93,13 @@ def choose_tokens(logits: torch.Tensor, plan: SamplingPlan, generated: torch.Ten
 
 
 class _DecodeState:
-    """Static buffers of one batch bucket: the cache, the token fed next, finished flags and the step counter."""
+    """Static buffers of one batch bucket: the cache, the token fed next, finished flags and the step counter.
+    `capacity`: tokens per row for a model whose cache has KV slots (RecurFormer's kept heads), else None."""
 
-    def __init__(self, model, rows: int, dtype: torch.dtype, device: torch.device):
+    def __init__(self, model, rows: int, dtype: torch.dtype, device: torch.device, capacity: int | None = None):
         self.rows = rows
-        self.cache = model.allocate_cache(rows, dtype=dtype, device=device)
+        sized = {} if capacity is None else {"capacity": capacity}
+        self.cache = model.allocate_cache(rows, dtype=dtype, device=device, **sized)
         self.tokens = torch.zeros(rows, dtype=torch.long, device=device)
         self.finished = torch.ones(rows, dtype=torch.bool, device=device)
         self.finished_at = torch.zeros(rows, dtype=torch.long, device=device)
@@ -136,10 +138,11 @@ class DecodeGraphs:
         self.states: dict[tuple, _DecodeState] = {}
         self.pool = None
 
-    def state(self, model, rows: int, dtype: torch.dtype, device: torch.device) -> _DecodeState:
-        key = (rows, dtype, device)
+    def state(self, model, rows: int, dtype: torch.dtype, device: torch.device,
+              capacity: int | None = None) -> _DecodeState:
+        key = (rows, dtype, device, capacity)
         if key not in self.states:
-            self.states[key] = _DecodeState(model, rows, dtype, device)
+            self.states[key] = _DecodeState(model, rows, dtype, device, capacity)
         return self.states[key]
 
     def replay(self, model, state: _DecodeState, plan: SamplingPlan, eos: torch.Tensor, use_graph: bool) -> None:
@@ -178,8 +181,10 @@ class FastGenerationMixin:
     """Put before transformers' GenerationMixin: generate() runs the fast loop when it can, transformers' otherwise.
 
     The model provides `allocate_cache(rows, dtype, device)`, `model.decode_step(tokens, cache)` (one token per row,
-    graph-capturable) and a sequence forward that fills the cache. Extra generate() keyword: `decode` = "auto"
-    (CUDA graphs on CUDA), "graph" or "eager" (same loop, no graphs: the documented fallback).
+    graph-capturable) and a sequence forward that fills the cache. A model whose cache also holds KV slots defines
+    `cache_capacity(total_tokens)` and takes `allocate_cache(..., capacity=...)`: the bucket then holds that many
+    tokens per row. Extra generate() keyword: `decode` = "auto" (CUDA graphs on CUDA), "graph" or "eager" (same loop,
+    no graphs: the documented fallback).
     """
 
     def _decode_graphs(self) -> DecodeGraphs:
@@ -254,7 +259,9 @@ class FastGenerationMixin:
             raise ValueError("generate: decode='graph' needs a CUDA device; use decode='auto' or 'eager'")
 
         graphs = self._decode_graphs()
-        state = graphs.state(self, bucket_rows(B), dtype, device)
+        sizing = getattr(self, "cache_capacity", None)
+        capacity = sizing(prompt + max_new) if sizing is not None else None
+        state = graphs.state(self, bucket_rows(B), dtype, device, capacity)
         eos = torch.tensor(plan.eos_token_ids, dtype=torch.long, device=device)
         if use_graph:
             graphs.prepare(self, state, plan, eos)  # before the prefill: warm-up steps scribble on the buffers

@@ -29,6 +29,7 @@ def rope_cos_sin(
     base: float = 10000.0,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
+    inv_freq: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin tables for `apply_rope`.
 
@@ -37,16 +38,22 @@ def rope_cos_sin(
         dim: rotary dims R (even); the head dim for a full rotation.
         base: frequency base.
         dtype: dtype of the tables; angles are computed in float64 when dtype is float64, else float32.
+        inv_freq: [R / 2] pair frequencies to use instead of base^(-2j / R): a pretrained model's own table (e.g.
+            Llama-3's rescaled frequencies, read from its Hugging Face rotary embedding); R = 2 * len(inv_freq).
     Returns:
         cos, sin: [B, T, R] (or [T, R]) in `dtype`.
     """
+    if inv_freq is not None:
+        dim = 2 * inv_freq.numel()
     if dim <= 0 or dim % 2:
         raise ValueError(f"rope_cos_sin: dim must be a positive even number; got {dim}")
     if positions.is_floating_point():
         raise ValueError(f"rope_cos_sin: positions must be integer; got {positions.dtype}")
     device = positions.device if device is None else device
     angle_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-    inv_freq = rope_inv_freq(dim, base, angle_dtype, device)
+    if inv_freq is None:
+        inv_freq = rope_inv_freq(dim, base, angle_dtype, device)
+    inv_freq = inv_freq.to(device=device, dtype=angle_dtype)
     # [..., R/2] -> [..., R]: both halves of a pair share an angle
     angles = positions.to(device=device, dtype=angle_dtype).unsqueeze(-1) * inv_freq
     angles = torch.cat((angles, angles), dim=-1)

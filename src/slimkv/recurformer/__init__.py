@@ -1,7 +1,5 @@
-"""RecurFormer: replace recency-aware attention units of pretrained Llama/Qwen2/Mistral models with recurrent heads.
+"""RecurFormer workflows: profile a pretrained model's heads, select and convert KV units, train the result.
 
-Importing this package registers RecurFormerConfig / RecurFormerForCausalLM with transformers' Auto classes.
+The model itself (RecurFormerConfig, RecurFormerForCausalLM) lives in slimkv.models.recurformer; its branches in
+slimkv.layers (branches.py registry); importing slimkv registers it with the Auto classes.
 """
-from .modeling import RecurFormerConfig, RecurFormerForCausalLM  # noqa: F401  (registers the Auto classes)
-
-__all__ = ["RecurFormerConfig", "RecurFormerForCausalLM"]

@@ -1,174 +1,84 @@
-"""Select KV units by recency ratio and convert a pretrained Llama/Qwen2/Mistral model into a RecurFormer model.
+"""Convert a pretrained Llama / Qwen2 / Mistral model into a RecurFormer model, and count what its cache costs.
 
-Selection (shared/spec/recurformer.md): units = KV groups; rank them globally by RR (mean of their query heads),
-replace a fraction `ratio` (or every unit with RR >= `threshold`), keeping at least one attention unit per layer.
-Initialisation: `zero` (branch output projection zero: step 0 equals pruning those heads) or `attention`
-(mamba2 only: C <- W_q rows of the replaced heads, B <- W_k, x <- W_v of their KV group, identity conv, no D,
-decay horizons spread over 8..64 tokens, identity output projection).
+    model = build_converted(source, replaced_units, mixer="mamba2", init="zero")
+
+Every pretrained tensor is copied bit for bit (kept q/k/v rows as row slices, o_proj, norms, MLPs, embeddings);
+each branch initialises itself from the replaced heads' rows (layers/branches.py `init_from_heads`): `zero` makes
+its output projection zero, so step 0 equals the source with those heads pruned; `attention` reuses W_q / W_k / W_v
+where the branch has a slot for them (mamba2); the window branch keeps the rows as they are.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
-import random
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..io import check_output_folder, output_folder
-from .families import attention_geometry, check_family
-from .modeling import RecurFormerConfig, RecurFormerForCausalLM
+from ..io import output_folder
+from ..layers.branches import ReplacedHeads, branch_class
+from ..models.recurformer import RecurFormerConfig, RecurFormerForCausalLM, attention_geometry, check_family
 
 CACHE_LENGTHS = (1024, 4096, 16384)
-
-
-def select_units(unit_scores, ratio: float | None = None, threshold: float | None = None,
-                 strategy: str = "recency", seed: int = 0, allow_empty_layers: bool = False) -> list[list[int]]:
-    """Which units of each layer to replace. unit_scores [L][U] (RR per unit). Returns sorted unit lists per layer."""
-    if (ratio is None) == (threshold is None):
-        raise ValueError("give exactly one of ratio and threshold")
-    if ratio is not None and not (0.0 <= ratio < 1.0):
-        raise ValueError(f"ratio must be in [0, 1) (a fraction of KV units to replace); got {ratio}")
-    if strategy not in ("recency", "random"):
-        raise ValueError(f"unknown selection strategy {strategy!r}; choose recency or random")
-    num_layers, num_units = len(unit_scores), len(unit_scores[0])
-    wants_any = (ratio or 0) > 0 or threshold is not None
-    if num_units == 1 and wants_any and not allow_empty_layers:
-        raise ValueError(
-            "every layer of this model has a single KV unit: replacing it would remove all attention of that layer "
-            "(the model would become purely recurrent there); pass --allow-empty-layers to do it anyway"
-        )
-    min_kept = 0 if allow_empty_layers else 1
-    flat = [(unit_scores[l][u], l, u) for l in range(num_layers) for u in range(num_units)]
-    if ratio is not None:
-        target = int(round(ratio * len(flat)))
-    else:
-        target = sum(1 for s, _, _ in flat if s >= threshold)
-    if strategy == "recency":
-        ranked = sorted(flat, key=lambda t: (-t[0], t[1], t[2]))
-        if threshold is not None:
-            ranked = [t for t in ranked if t[0] >= threshold]
-    else:
-        ranked = list(flat)
-        random.Random(seed).shuffle(ranked)
-    chosen = [[] for _ in range(num_layers)]
-    count = 0
-    for _, layer, unit in ranked:
-        if count >= target:
-            break
-        if num_units - len(chosen[layer]) - 1 >= min_kept:
-            chosen[layer].append(unit)
-            count += 1
-    return [sorted(units) for units in chosen]
-
-
-def _copy_rows(dst: nn.Linear, src: nn.Linear, rows: list[int]) -> None:
-    with torch.no_grad():
-        dst.weight.copy_(src.weight[rows])
-        if dst.bias is not None:
-            dst.bias.copy_(src.bias[rows] if src.bias is not None else torch.zeros_like(dst.bias))
+INITS = ("zero", "attention")
 
 
 def _rows(heads: list[int], head_dim: int) -> list[int]:
     return [h * head_dim + i for h in heads for i in range(head_dim)]
 
 
-@torch.no_grad()
-def _init_mamba2_from_attention(branch, src_attn, layer_attn, geo) -> None:
-    D = geo.head_dim
-    heads, units = layer_attn.replaced_heads, layer_attn.replaced_units
-    _copy_rows(branch.c_proj, src_attn.q_proj, _rows(heads, D))
-    _copy_rows(branch.b_proj, src_attn.k_proj, _rows(units, D))
-    _copy_rows(branch.x_proj, src_attn.v_proj, _rows([geo.unit_of_head(h) for h in heads], D))
-    branch.conv_weight.zero_()
-    branch.conv_weight[:, -1] = 1.0
-    branch.conv_bias.zero_()
-    branch.dt_proj.weight.zero_()
-    # dt = softplus(dt_bias) = 1; per-step decay exp(-A) with horizons 1/A spread geometrically over 8..64 tokens
-    branch.dt_bias.fill_(math.log(math.e - 1.0))
-    horizons = torch.logspace(math.log10(8.0), math.log10(64.0), len(heads))
-    branch.A_log.copy_((1.0 / horizons).log())
-    branch.D.zero_()
-    branch.norm_weight.fill_(1.0)
-    branch.out_proj.weight.copy_(torch.eye(branch.out_proj.weight.shape[0]))
-
-
-@torch.no_grad()
-def _init_ddts(branch) -> None:
-    from ..layers.ddts import ddts_gate_bias_init
-
-    for module in branch.modules():
-        gain = getattr(module, "_init_xavier_gain", None)
-        if gain is not None:
-            nn.init.xavier_uniform_(module.weight, gain=gain)
-            if module.bias is not None:
-                module.bias.zero_()
-    branch.gate_proj.bias.copy_(ddts_gate_bias_init(branch.mem_size))
+def _slice(linear: nn.Linear, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    return linear.weight[rows], None if linear.bias is None else linear.bias[rows]
 
 
 @torch.no_grad()
 def build_converted(source_model, replaced_units: list[list[int]], mixer: str = "mamba2", init: str = "zero",
                     mixer_kwargs: dict | None = None, seed: int = 0) -> RecurFormerForCausalLM:
     """A RecurFormerForCausalLM holding `source_model`'s weights, with `replaced_units[layer]` given to branches."""
+    from transformers.initialization import no_init_weights
+
     config = source_model.config
     check_family(config)
     geo = attention_geometry(config)
-    if init not in ("zero", "attention"):
-        raise ValueError(f"unknown init {init!r}; choose zero or attention")
-    if init == "attention" and mixer == "ddts":
-        raise ValueError("--init attention is implemented for --mixer mamba2 (DDTS reads q/k from its own conv "
-                         "features, so W_q/W_k have no slot to go into); use --init zero with ddts")
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
     kwargs = dict(mixer_kwargs or {})
     if mixer == "mamba2" and init == "attention":
         # W_q/W_k/W_v must reach C/B/x unchanged: identity conv without activation
         kwargs["conv_activation"] = False
+    if mixer == "ddts" and init == "attention":
+        branch_class(mixer)  # unknown names fail first
+        raise ValueError("--init attention is implemented for --mixer mamba2 (DDTS reads q/k from its own conv "
+                         "features, so W_q/W_k have no slot to go into); use --init zero with ddts")
     torch.manual_seed(seed)
     new_config = RecurFormerConfig(base_config=config.to_dict(), replaced_units=replaced_units, mixer=mixer,
                                    mixer_kwargs=kwargs)
-    from transformers.initialization import no_init_weights
-
-    # skip the random init of ~all weights (they are copied below); only the new branch weights get one
+    # skip the random init of ~all weights (they are copied below); the branches initialise themselves
     with no_init_weights():
         model = RecurFormerForCausalLM(new_config)
     std = getattr(config, "initializer_range", 0.02)
-    for layer in model.model.layers:
-        branch = layer.self_attn.branch
-        if branch is None:
-            continue
-        for module in branch.modules():
-            if isinstance(module, (nn.Linear, nn.Conv1d)):
-                module.weight.normal_(0.0, std)
-                if module.bias is not None:
-                    module.bias.zero_()
-        if mixer == "mamba2":
-            branch.reset_ssm_parameters()
     model = model.to(next(source_model.parameters()).dtype)
-    src_layers = source_model.model.layers
-    for idx, layer in enumerate(model.model.layers):
-        src, attn = src_layers[idx], layer.self_attn
-        layer.input_layernorm.load_state_dict(src.input_layernorm.state_dict())
-        layer.post_attention_layernorm.load_state_dict(src.post_attention_layernorm.state_dict())
-        layer.mlp.load_state_dict(src.mlp.state_dict())
-        attn.o_proj.load_state_dict(src.self_attn.o_proj.state_dict())
-        if attn.kept_units:
-            _copy_rows(attn.q_proj, src.self_attn.q_proj, _rows(attn.kept_heads, geo.head_dim))
-            _copy_rows(attn.k_proj, src.self_attn.k_proj, _rows(attn.kept_units, geo.head_dim))
-            _copy_rows(attn.v_proj, src.self_attn.v_proj, _rows(attn.kept_units, geo.head_dim))
-        if attn.branch is None:
-            continue
-        if mixer == "window":
-            _copy_rows(attn.branch.q_proj, src.self_attn.q_proj, _rows(attn.replaced_heads, geo.head_dim))
-            _copy_rows(attn.branch.k_proj, src.self_attn.k_proj, _rows(attn.replaced_units, geo.head_dim))
-            _copy_rows(attn.branch.v_proj, src.self_attn.v_proj, _rows(attn.replaced_units, geo.head_dim))
-            continue
-        if mixer == "ddts":
-            _init_ddts(attn.branch)
-        if init == "attention":
-            _init_mamba2_from_attention(attn.branch, src.self_attn, attn, geo)
-        else:
-            attn.branch.out_proj.weight.zero_()
+    D = geo.head_dim
+    for src, layer in zip(source_model.model.layers, model.model.layers):
+        attn, src_attn = layer.self_attn, src.self_attn
+        for name in ("input_layernorm", "post_attention_layernorm", "mlp"):
+            getattr(layer, name).load_state_dict(getattr(src, name).state_dict())
+        attn.o_proj.load_state_dict(src_attn.o_proj.state_dict())
+        for name, rows in (("q_proj", _rows(attn.kept_heads, D)), ("k_proj", _rows(attn.kept_units, D)),
+                           ("v_proj", _rows(attn.kept_units, D))):
+            if attn.kept_units:
+                weight, bias = _slice(getattr(src_attn, name), rows)
+                getattr(attn, name).weight.copy_(weight)
+                if bias is not None:
+                    getattr(attn, name).bias.copy_(bias)
+        if attn.branch is not None:
+            (q_w, q_b), (k_w, k_b), (v_w, v_b) = (
+                _slice(src_attn.q_proj, _rows(attn.replaced_heads, D)),
+                _slice(src_attn.k_proj, _rows(attn.replaced_units, D)),
+                _slice(src_attn.v_proj, _rows(attn.replaced_units, D)))
+            attn.branch.init_from_heads(ReplacedHeads(q_w, k_w, v_w, q_b, k_b, v_b, std), init)
     model.model.embed_tokens.load_state_dict(source_model.model.embed_tokens.state_dict())
     model.model.norm.load_state_dict(source_model.model.norm.state_dict())
     model.lm_head.weight.copy_(source_model.lm_head.weight)
@@ -178,33 +88,35 @@ def build_converted(source_model, replaced_units: list[list[int]], mixer: str = 
     return model.eval()
 
 
-def branch_state_bytes(model: RecurFormerForCausalLM, batch_size: int = 1) -> int:
-    """Constant bytes of all branches' states for one batch (conv in the model dtype, scan state float32)."""
-    value_bytes = next(model.parameters()).element_size()
+def cache_bytes(model, seq_len: int, batch_size: int = 1, dtype: torch.dtype | None = None) -> int:
+    """Decode-cache bytes after `seq_len` tokens, counted from the geometry: a source model holds K and V of every
+    KV head, 2 x layers x KV heads x head dim x T values; a converted one K, V and a validity flag of its kept units
+    at T slots (the source's window, if it has one) plus every branch's constant state. Tests check the count
+    against the live cache."""
+    dtype = dtype or next(model.parameters()).dtype
+    value_bytes = torch.empty((), dtype=dtype).element_size()
+    if not isinstance(model, RecurFormerForCausalLM):
+        geo = attention_geometry(model.config)
+        return 2 * geo.num_kv_heads * geo.head_dim * seq_len * value_bytes * geo.num_layers * batch_size
     total = 0
     for layer in model.model.layers:
         attn = layer.self_attn
-        if attn.branch is None:
-            continue
-        if attn.mixer == "window":
-            slots = attn.branch.sinks + attn.branch.window + 1
-            total += 2 * slots * attn.branch.num_kv_heads * attn.geo.head_dim * value_bytes * batch_size
-            continue
-        shapes = attn.branch.state_shapes(batch_size)
-        total += math.prod(shapes["conv_state"]) * value_bytes + math.prod(shapes["ssm_state"]) * 4
+        if attn.kept_units:
+            total += attn.kv_slots(seq_len) * (2 * len(attn.kept_units) * attn.geo.head_dim * value_bytes + 1)
+    return total * batch_size + branch_state_bytes(model, batch_size, dtype)
+
+
+def branch_state_bytes(model: RecurFormerForCausalLM, batch_size: int = 1, dtype: torch.dtype | None = None) -> int:
+    """The part of `cache_bytes` that never grows: every branch's state (scan states in float32)."""
+    from ..models.cache import state_dtype
+
+    dtype = dtype or next(model.parameters()).dtype
+    total = 0
+    for layer in model.model.layers:
+        if layer.self_attn.branch is not None:
+            for name, shape in layer.self_attn.branch.state_shapes(batch_size).items():
+                total += math.prod(shape) * torch.empty((), dtype=state_dtype(name, dtype)).element_size()
     return total
-
-
-def cache_bytes(model, seq_len: int, batch_size: int = 1) -> int:
-    """Counted decode-cache bytes after `seq_len` tokens: KV of attention units plus constant branch state."""
-    value_bytes = next(model.parameters()).element_size()
-    geo = attention_geometry(model.config.source_config() if isinstance(model, RecurFormerForCausalLM)
-                             else model.config)
-    if not isinstance(model, RecurFormerForCausalLM):
-        return 2 * geo.num_kv_heads * geo.head_dim * seq_len * value_bytes * geo.num_layers * batch_size
-    kept = sum(len(layer.self_attn.kept_units) for layer in model.model.layers)
-    kv = 2 * kept * geo.head_dim * seq_len * value_bytes * batch_size
-    return kv + branch_state_bytes(model, batch_size)
 
 
 def cache_report(source_model, converted, lengths=CACHE_LENGTHS) -> dict:
@@ -232,14 +144,15 @@ def save_converted(model, tokenizer, out_dir: str | os.PathLike, conversion: dic
     return Path(out_dir)
 
 
-def conversion_record(source_path, converted, scores, replaced, args_dict, source_model) -> dict:
+def conversion_record(source_path, converted, scores, replaced, settings: dict, source_model) -> dict:
+    """What conversion.json holds: source, settings, replaced units with their scores, cache bytes, parameters."""
     geo = attention_geometry(source_model.config)
     n_params = lambda m: sum(p.numel() for p in m.parameters())
     branch_params = sum(n_params(l.self_attn.branch) for l in converted.model.layers if l.self_attn.branch)
     return {
         "source": str(source_path),
         "family": source_model.config.model_type,
-        **args_dict,
+        **settings,
         "num_units": geo.num_layers * geo.num_kv_heads,
         "num_replaced": sum(len(u) for u in replaced),
         "replaced": [
@@ -253,51 +166,60 @@ def conversion_record(source_path, converted, scores, replaced, args_dict, sourc
     }
 
 
-def convert_cli(args) -> int:
+def convert_folder(model: str | os.PathLike, out: str | os.PathLike, *, ratio: float | None = None,
+                   threshold: float | None = None, mixer: str = "mamba2", init: str = "zero",
+                   select: str = "recency", seed: int = 0, profile: str | None = None, gates: str | None = None,
+                   data: str | None = None, window: int = 32, num_sequences: int = 16, seq_len: int = 512,
+                   mixer_kwargs: dict | None = None, allow_empty_layers: bool = False, overwrite: bool = False,
+                   progress: bool = True) -> dict:
+    """`slimkv recurformer convert`: score the units (a profile JSON, gates.json, or a fresh recency profile on
+    calibration text), select, build, save to `out` with conversion.json; returns that record."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    from ..io import check_output_folder
     from .profile import RecencyProfile, calibration_batches, profile_model
-    from .text import load_text
+    from .select import learned_scores, select_units
 
-    if not Path(args.model, "config.json").is_file():
-        raise FileNotFoundError(f"no HF model folder at {args.model} (config.json missing)")
-    # refuse a protected --out now, not after the profile and the conversion
-    guard = dict(command="recurformer convert", overwrite=getattr(args, "overwrite", False), sources=(args.model,))
-    check_output_folder(args.out, **guard)
-    config = AutoConfig.from_pretrained(args.model)
+    if not Path(model, "config.json").is_file():
+        raise FileNotFoundError(f"no HF model folder at {model} (config.json missing)")
+    # refuse a protected `out` now, not after the profile and the conversion
+    guard = dict(command="recurformer convert", overwrite=overwrite, sources=(model,))
+    check_output_folder(out, **guard)
+    config = AutoConfig.from_pretrained(model)
     check_family(config)
-    if args.ratio is not None and not (0.0 <= args.ratio < 1.0):
-        raise ValueError(f"--ratio must be in [0, 1) (a fraction of KV units to replace); got {args.ratio}")
+    if ratio is not None and not (0.0 <= ratio < 1.0):
+        raise ValueError(f"--ratio must be in [0, 1) (a fraction of KV units to replace); got {ratio}")
+    branch_class(mixer)
     geo = attention_geometry(config)
-    if geo.num_kv_heads == 1 and not args.allow_empty_layers and (args.threshold is not None or args.ratio):
-        select_units([[1.0]] * geo.num_layers, args.ratio, args.threshold)  # raises the explained error
-    source = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    if args.profile:
-        profile = RecencyProfile.from_json(json.loads(Path(args.profile).read_text()))
-        if (profile.num_layers, profile.num_kv_heads) != (geo.num_layers, geo.num_kv_heads):
-            raise ValueError(f"{args.profile} profiles a different model ({profile.num_layers} layers x "
-                             f"{profile.num_kv_heads} units; this one has {geo.num_layers} x {geo.num_kv_heads})")
-        if args.window not in profile.unit_rr:
-            raise ValueError(f"{args.profile} has no scores for window {args.window}; it has {profile.windows}")
+    if geo.num_kv_heads == 1 and not allow_empty_layers and (threshold is not None or ratio):
+        select_units([[1.0]] * geo.num_layers, ratio, threshold)  # raises the explained error
+    if select == "learned" and not gates:
+        raise ValueError("--select learned ranks units by trained gates: pass --gates <run>/model/gates.json")
+    source = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    if select == "learned":
+        scores = learned_scores(gates, geo.num_layers, geo.num_kv_heads)
+    elif profile:
+        found = RecencyProfile.from_json(json.loads(Path(profile).read_text()))
+        if (found.num_layers, found.num_kv_heads) != (geo.num_layers, geo.num_kv_heads):
+            raise ValueError(f"{profile} profiles a different model ({found.num_layers} layers x "
+                             f"{found.num_kv_heads} units; this one has {geo.num_layers} x {geo.num_kv_heads})")
+        if window not in found.unit_rr:
+            raise ValueError(f"{profile} has no scores for window {window}; it has {found.windows}")
+        scores = found.unit_rr[window]
     else:
-        text, _ = load_text(args.data, "train")
-        ids = calibration_batches(tokenizer, text, args.num_sequences, args.seq_len, args.window)
-        profile = profile_model(source, ids, window=args.window, name=Path(args.model).name)
-    scores = profile.unit_rr[args.window]
-    replaced = select_units(scores, args.ratio, args.threshold, args.select, args.seed, args.allow_empty_layers)
-    mixer_kwargs = {"state_size": args.state_size} if args.mixer == "mamba2" else {}
-    if args.mixer == "window":
-        mixer_kwargs = {"window": args.attn_window, "sinks": args.attn_sinks}
-    converted = build_converted(source, replaced, args.mixer, args.init, mixer_kwargs, args.seed)
-    record = conversion_record(args.model, converted, scores, replaced, {
-        "mixer": args.mixer, "init": args.init if args.mixer != "window" else "pretrained",
-        "select": args.select, "seed": args.seed, "ratio": args.ratio, "threshold": args.threshold,
-        "window_k": args.window, "mixer_kwargs": mixer_kwargs,
+        from .data import calibration_text
+
+        text, _ = calibration_text(data)
+        ids = calibration_batches(tokenizer, text, num_sequences, seq_len, window)
+        scores = profile_model(source, ids, window=window, name=Path(model).name, progress=progress).unit_rr[window]
+    replaced = select_units(scores, ratio, threshold, select, seed, allow_empty_layers)
+    kwargs = dict(mixer_kwargs or {})
+    converted = build_converted(source, replaced, mixer, init, kwargs, seed)
+    record = conversion_record(model, converted, scores, replaced, {
+        "mixer": mixer, "init": "pretrained" if branch_class(mixer).pretrained else init, "select": select,
+        "seed": seed, "ratio": ratio, "threshold": threshold, "window_k": window, "gates": gates,
+        "mixer_kwargs": kwargs,
     }, source)
-    save_converted(converted, tokenizer, args.out, record, **guard)
-    c4k = record["cache_bytes"]["4096"]
-    print(f"replaced {record['num_replaced']}/{record['num_units']} KV units with {args.mixer} branches; "
-          f"cache at 4K tokens {c4k['original'] / 2**20:.1f} MiB -> {c4k['converted'] / 2**20:.1f} MiB "
-          f"({100 * c4k['saved_fraction']:.1f}% saved); wrote {args.out}")
-    return 0
+    save_converted(converted, tokenizer, out, record, **guard)
+    return record

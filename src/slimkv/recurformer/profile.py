@@ -19,19 +19,10 @@ from dataclasses import dataclass, field
 import torch
 
 from ..io import atomic_write, atomic_write_text
-from .families import attention_geometry, check_family
+from ..models.recurformer import attention_geometry, check_family
+from ..ops.rope import apply_rope
 
 DEFAULT_WINDOWS = (8, 16, 32, 64, 128)
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [B, T, H, D]; cos, sin [B, T, D] (HF's half-split convention)."""
-    return x * cos[:, :, None] + _rotate_half(x) * sin[:, :, None]
 
 
 def _window_keep(i: torch.Tensor, j: torch.Tensor, sliding_window: int | None) -> torch.Tensor:

@@ -1,259 +1,363 @@
-"""Stage A (branch alignment), Stage B (continual training) and the control run for RecurFormer models.
+"""RecurFormer's training recipe on the project trainer: learned selection gates, Stage A, Stage B and the control.
 
-Stage A: the original model is a frozen teacher; one teacher forward per batch records, for every converted layer,
-its normed attention input and its per-head outputs before o_proj. Only the branches train, each to reproduce the
-replaced heads' slots from that same input (relative MSE per layer: MSE / mean square of the target, so every layer
-counts alike). Layers are independent here, so no student forward through the whole model is needed.
+    result = train_recurformer(load_recurformer_config("smollm2", ["--recurformer.stage=A"]))
 
-Stage B: next-token loss (plus optional KL to the teacher's logits) on the same text; branch parameters at
-`lr_branch`, pretrained parameters at `lr_base` (0 freezes them). The control run gives the UNCONVERTED model the same
-batches, steps and `lr_base` for all its weights. Batches are a pure function of (seed, step), so every run of a
-comparison sees the same tokens. This is a deliberately small loop (one process, AdamW, constant LR after warmup),
-not the project trainer: that one builds its models from its own configs and tokenizer.
+Each stage is a module whose forward(input_ids, targets) returns the loss, handed to slimkv.train.Trainer as a
+recipe (slimkv/train/recipe.py): bf16 autocast, activation checkpointing, FSDP2 under torchrun, resume, SIGTERM
+safety, JSONL + TensorBoard all come from the trainer. The teacher is a frozen copy held outside the module tree (not
+trained, not checkpointed, not sharded; moved with the module).
+
+- gates (DuoAttention, shared/spec/evaluations.md): every KV unit of the ORIGINAL model gets a gate alpha in [0, 1]
+  mixing its full attention with streaming attention (sinks + window); loss = relative L2 between the gated and
+  the ungated final hidden states + gate_sparsity x mean(alpha). Units with the lowest alpha stream best: the
+  export writes gates.json, whose `unit_scores` (1 - alpha) `slimkv recurformer convert --select learned` ranks.
+- A: the teacher's forward records each converted layer's normed attention input and its replaced heads' outputs
+  (before o_proj); each branch learns to produce those outputs from that input (relative MSE, the mean over
+  layers). Only branch weights train; layers are independent, so no student forward is needed.
+- B: next-token cross-entropy + kl_weight x KL(teacher || student) per token, both chunked over the vocabulary;
+  new branch weights at recurformer.lr_branch, pretrained ones at recurformer.lr_base. In eval mode the module
+  returns the cross-entropy alone (held-out perplexity).
+- control: Stage B of the unconverted model (every weight at lr_base), same data and steps.
 """
 from __future__ import annotations
 
 import json
-import os
-import random
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from ..io import atomic_write, atomic_write_text, check_output_folder
-from .hashhop import make_example
-
-
-class TokenBatches:
-    """Random windows of `seq_len` tokens from one tokenized text (or HashHop rows); batch(step) is deterministic."""
-
-    def __init__(self, tokenizer, text: str, seq_len: int, batch_size: int, seed: int = 0,
-                 hashhop_frac: float = 0.0, max_chars: int = 4_000_000):
-        self.ids = tokenizer(text[:max_chars], return_tensors="pt", add_special_tokens=False).input_ids[0]
-        if self.ids.numel() <= seq_len:
-            raise ValueError(f"training text has {self.ids.numel()} tokens; need more than seq_len = {seq_len}")
-        self.tokenizer, self.seq_len, self.batch_size, self.seed = tokenizer, seq_len, batch_size, seed
-        self.hashhop_frac = hashhop_frac
-
-    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(input_ids [B, T], labels [B, T]); labels are -100 on padding of HashHop rows."""
-        rng = random.Random(self.seed * 1_000_003 + step)
-        if self.hashhop_frac and rng.random() < self.hashhop_frac:
-            return self._hashhop_batch(rng)
-        starts = [rng.randrange(0, self.ids.numel() - self.seq_len) for _ in range(self.batch_size)]
-        ids = torch.stack([self.ids[s:s + self.seq_len] for s in starts])
-        return ids, ids.clone()
-
-    def _hashhop_batch(self, rng: random.Random):
-        pad = self.tokenizer.eos_token_id or 0
-        rows, labels = [], []
-        for _ in range(self.batch_size):
-            ex = make_example(rng, num_chains=rng.randint(2, 6), hops=rng.randint(1, 3))
-            ids = self.tokenizer(ex.text, add_special_tokens=False).input_ids[: self.seq_len]
-            fill = self.seq_len - len(ids)
-            rows.append(ids + [pad] * fill)
-            labels.append(ids + [-100] * fill)
-        return torch.tensor(rows), torch.tensor(labels)
+from ..io import atomic_write_text, output_folder
+from ..layers.branches import branch_class
+from ..models.recurformer import RecurFormerForCausalLM, attention_geometry, check_family
+from ..ops.cross_entropy import linear_cross_entropy
+from ..ops.distill import linear_kl
+from ..ops.rope import apply_rope
+from ..ops.window_attn import window_attention
+from ..train.config import OptimConfig
+from ..train.optim import no_weight_decay_names
+from ..train.parallelize import unwrap
+from .config import RecurFormerRunConfig, load_recurformer_config  # noqa: F401  (re-exported for callers)
 
 
-def _branch_parameters(model) -> tuple[list, list]:
-    """(new branch parameters, pretrained parameters). A `window` branch holds pretrained rows: it counts as base."""
-    branch_ids = set()
-    for layer in getattr(model.model, "layers", []):
-        attn = layer.self_attn
-        if getattr(attn, "branch", None) is not None and getattr(attn, "mixer", "") != "window":
-            branch_ids |= {id(p) for p in attn.branch.parameters()}
-    branch, base = [], []
-    seen = set()
-    for p in model.parameters():
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
-        (branch if id(p) in branch_ids else base).append(p)
-    return branch, base
+class _WithTeacher(nn.Module):
+    """A module that holds a frozen teacher outside its module tree and moves it along in .to()/.cuda()."""
+
+    def __init__(self, teacher: nn.Module | None):
+        super().__init__()
+        if teacher is not None:
+            teacher.requires_grad_(False).eval()
+        self.__dict__["teacher"] = teacher
+
+    def _apply(self, fn, recurse=True):
+        if self.__dict__["teacher"] is not None:
+            self.__dict__["teacher"]._apply(fn)
+        return super()._apply(fn, recurse)
 
 
-def _lr_lambda(steps: int):
-    # linear warmup over a fifth of the run (at least 2 steps): a zero-initialised branch's first Adam step is
-    # otherwise a full-size sign step on every weight
-    warmup = max(2, steps // 5)
-    return lambda step: min(1.0, (step + 1) / warmup)
+class UnitGates(_WithTeacher):
+    """Stage gates: the original model with a gate per (layer, KV unit) between full and streaming attention."""
+
+    def __init__(self, source: nn.Module, window: int, sinks: int, sparsity: float):
+        super().__init__(None)
+        check_family(source.config)
+        self.geo = attention_geometry(source.config)
+        self.config = source.config
+        self.model = source.model
+        source.requires_grad_(False)
+        self.gates = nn.Parameter(torch.ones(self.geo.num_layers, self.geo.num_kv_heads))
+        self.window, self.sinks, self.sparsity = window, sinks, sparsity
+        self._gating = False
+        self._stream: dict[int, torch.Tensor] = {}
+        for index, layer in enumerate(self.model.layers):
+            layer.self_attn.register_forward_pre_hook(self._streaming_heads(index), with_kwargs=True)
+            layer.self_attn.o_proj.register_forward_pre_hook(self._mix(index))
+
+    def _streaming_heads(self, index: int):
+        def hook(attn, args, kwargs):
+            if not self._gating:
+                return None
+            h = kwargs.get("hidden_states", args[0] if args else None)
+            cos, sin = kwargs["position_embeddings"]
+            D = self.geo.head_dim
+            q = apply_rope(attn.q_proj(h).unflatten(-1, (-1, D)), cos, sin)
+            k = apply_rope(attn.k_proj(h).unflatten(-1, (-1, D)), cos, sin)
+            v = attn.v_proj(h).unflatten(-1, (-1, D))
+            self._stream[index] = window_attention(q, k, v, self.window, sinks=self.sinks)
+            return None
+        return hook
+
+    def _mix(self, index: int):
+        def hook(o_proj, args):
+            if not self._gating:
+                return None
+            full = args[0].unflatten(-1, (self.geo.num_heads, self.geo.head_dim))
+            alpha = self.gates[index].clamp(0, 1).repeat_interleave(self.geo.heads_per_unit)[:, None]
+            stream = self._stream.pop(index).to(full.dtype)
+            return ((alpha * full + (1 - alpha) * stream).flatten(-2),)
+        return hook
+
+    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None) -> CausalLMOutputWithPast:
+        with torch.no_grad():
+            self._gating = False
+            reference = self.model(input_ids=input_ids, use_cache=False).last_hidden_state.float()
+        self._gating = True
+        try:
+            gated = self.model(input_ids=input_ids, use_cache=False).last_hidden_state.float()
+        finally:
+            self._gating = False
+        distill = (gated - reference).pow(2).mean() / reference.pow(2).mean().clamp_min(1e-8)
+        return CausalLMOutputWithPast(loss=distill + self.sparsity * self.gates.clamp(0, 1).mean())
 
 
-def stage_a(student, teacher, batches: TokenBatches, steps: int, lr: float, progress: bool = True) -> list[float]:
-    """Train only the recurrent branches to reproduce the teacher's replaced-head outputs (per-slot MSE)."""
-    from tqdm import tqdm
+class _AlignBlock(nn.Module):
+    """One converted layer's branch in Stage A: relative MSE to the teacher's replaced heads from the same input."""
 
-    layers = [(i, layer.self_attn) for i, layer in enumerate(student.model.layers)
-              if layer.self_attn.branch is not None and layer.self_attn.mixer != "window"]
-    if not layers:
-        return []
-    branch, _ = _branch_parameters(student)
-    for p in student.parameters():
-        p.requires_grad_(False)
-    for p in branch:
-        p.requires_grad_(True)
-    optimizer = torch.optim.AdamW(branch, lr=lr, weight_decay=0.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(steps))
-    captured: dict[int, dict[str, torch.Tensor]] = {i: {} for i, _ in layers}
-    handles = []
-    for i, _ in layers:
-        attn = teacher.model.layers[i].self_attn
+    def __init__(self, layer_idx: int, attn: nn.Module):
+        super().__init__()
+        self.layer_idx, self.replaced_heads, self.head_dim = layer_idx, attn.replaced_heads, attn.geo.head_dim
+        self.branch = attn.branch
 
-        def grab_input(module, args, kwargs, i=i):
-            captured[i]["x"] = kwargs.get("hidden_states", args[0] if args else None)
+    def forward(self, h: torch.Tensor, heads: torch.Tensor) -> torch.Tensor:
+        target = heads.unflatten(-1, (-1, self.head_dim))[:, :, self.replaced_heads].float()
+        got = self.branch(h, None, None).float()
+        return F.mse_loss(got, target) / target.pow(2).mean().clamp_min(1e-8)
 
-        def grab_heads(module, args, i=i):
-            captured[i]["heads"] = args[0]
 
-        handles.append(attn.register_forward_pre_hook(grab_input, with_kwargs=True))
-        handles.append(attn.o_proj.register_forward_pre_hook(grab_heads))
-    losses = []
-    teacher.eval()
-    student.train()
-    try:
-        for step in tqdm(range(steps), desc="stage A", disable=not progress):
-            ids, _ = batches.batch(step)
+class BranchAlignment(_WithTeacher):
+    """Stage A: the branches of a converted student, each fed the teacher's layer input."""
+
+    def __init__(self, student: RecurFormerForCausalLM, teacher: nn.Module):
+        super().__init__(teacher)
+        if getattr(student.config, "mixer", None) is None or not student.config.num_replaced:
+            raise ValueError("Stage A trains the branches of a converted model; the student has none")
+        if _branch_is_pretrained(student):
+            raise ValueError(f"the {student.config.mixer!r} branch reuses the pretrained rows and has no new weights: "
+                             "skip Stage A (run Stage B)")
+        self.config = student.config
+        self.__dict__["student"] = student
+        student.requires_grad_(False)
+        blocks = [_AlignBlock(i, layer.self_attn) for i, layer in enumerate(student.model.layers)
+                  if layer.self_attn.branch is not None]
+        for block in blocks:
+            block.branch.requires_grad_(True)
+        self.model = nn.Module()
+        self.model.layers = nn.ModuleList(blocks)
+        # per converted layer: the teacher's normed attention input and its heads before o_proj
+        self._inputs: dict[int, torch.Tensor] = {}
+        self._heads: dict[int, torch.Tensor] = {}
+        for block in blocks:
+            attn = teacher.model.layers[block.layer_idx].self_attn
+            attn.register_forward_pre_hook(self._grab_input(block.layer_idx), with_kwargs=True)
+            attn.o_proj.register_forward_pre_hook(self._grab_heads(block.layer_idx))
+
+    def _grab_input(self, layer_idx: int):
+        def hook(module, args, kwargs):
+            self._inputs[layer_idx] = kwargs.get("hidden_states", args[0] if args else None).detach()
+        return hook
+
+    def _grab_heads(self, layer_idx: int):
+        def hook(module, args):
+            self._heads[layer_idx] = args[0].detach()
+        return hook
+
+    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None) -> CausalLMOutputWithPast:
+        with torch.no_grad():
+            # the decoder alone: its hooks record every converted layer; the LM head is not needed
+            self.teacher.model(input_ids=input_ids, use_cache=False)
+        losses = [block(self._inputs.pop(block.layer_idx), self._heads.pop(block.layer_idx))
+                  for block in self.model.layers]
+        return CausalLMOutputWithPast(loss=torch.stack(losses).mean())
+
+
+class Distillation(_WithTeacher):
+    """Stage B (and the control): next-token loss + kl_weight x KL(teacher || student); eval: the next-token loss."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | None, kl_weight: float, chunk: int):
+        super().__init__(teacher if kl_weight > 0 else None)
+        self.config = student.config
+        self.__dict__["student"] = student
+        self.model, self.lm_head = student.model, student.lm_head
+        self.kl_weight, self.chunk = kl_weight, chunk
+
+    def get_input_embeddings(self):
+        return self.model.embed_tokens
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor) -> CausalLMOutputWithPast:
+        h = self.model(input_ids=input_ids, use_cache=False).last_hidden_state
+        loss = linear_cross_entropy(h, self.lm_head.weight, targets)
+        if self.training and self.teacher is not None:
             with torch.no_grad():
-                teacher(input_ids=ids, use_cache=False)
-            total = 0.0
-            for i, attn in layers:
-                D = attn.geo.head_dim
-                target = captured[i]["heads"].unflatten(-1, (-1, D))[:, :, attn.replaced_heads]
-                y, _ = attn.branch(captured[i]["x"])
-                y = y.unflatten(-1, (-1, D))
-                total = total + F.mse_loss(y, target) / target.pow(2).mean().clamp_min(1e-8)
-            loss = total / len(layers)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(branch, 1.0)
-            optimizer.step()
-            scheduler.step()
-            losses.append(loss.item())
-    finally:
-        for h in handles:
-            h.remove()
-        for p in student.parameters():
-            p.requires_grad_(True)
-    student.eval()
-    return losses
+                teacher_h = self.teacher.model(input_ids=input_ids, use_cache=False).last_hidden_state
+            kl = linear_kl(h, self.lm_head.weight, teacher_h, self.teacher.lm_head.weight, targets != -100,
+                           self.chunk)
+            loss = loss + self.kl_weight * kl
+        return CausalLMOutputWithPast(loss=loss)
 
 
-def stage_b(model, batches: TokenBatches, steps: int, lr_branch: float, lr_base: float, teacher=None,
-            kl_weight: float = 0.0, progress: bool = True, desc: str = "stage B") -> list[float]:
-    """Continual training with next-token loss (+ KL to `teacher`'s logits). Returns the LM loss per step."""
-    from tqdm import tqdm
-
-    branch, base = _branch_parameters(model)
-    groups = []
-    if branch:
-        groups.append({"params": branch, "lr": lr_branch})
-    if lr_base > 0:
-        groups.append({"params": base, "lr": lr_base})
-    for p in base:
-        p.requires_grad_(lr_base > 0)
-    if not groups:
-        raise ValueError("nothing to train: no branch parameters and --lr-base 0")
-    optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(steps))
-    trainable = [p for g in groups for p in g["params"]]
-    losses = []
-    model.train()
-    for step in tqdm(range(steps), desc=desc, disable=not progress):
-        ids, labels = batches.batch(step)
-        logits = model(input_ids=ids, use_cache=False).logits.float()
-        lm = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
-        loss = lm
-        if teacher is not None and kl_weight > 0:
-            with torch.no_grad():
-                t_logits = teacher(input_ids=ids, use_cache=False).logits.float()
-            kl = F.kl_div(logits.log_softmax(-1), t_logits.log_softmax(-1), log_target=True, reduction="batchmean")
-            loss = loss + kl_weight * kl / ids.shape[1]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        optimizer.step()
-        scheduler.step()
-        losses.append(lm.item())
-    for p in model.parameters():
-        p.requires_grad_(True)
-    model.eval()
-    return losses
+def _branch_is_pretrained(model) -> bool:
+    mixer = getattr(model.config, "mixer", None)
+    return mixer is not None and branch_class(mixer).pretrained
 
 
-def plot_losses(curves: dict[str, list[float]], path: str | os.PathLike) -> None:
+def _load(folder: str | Path, what: str):
+    from transformers import AutoModelForCausalLM
+
+    from .. import models  # noqa: F401  (registers RecurFormer with the Auto classes)
+
+    if not Path(folder, "config.json").is_file():
+        raise FileNotFoundError(f"{what} folder not found: {folder} (no config.json); convert or fetch it first")
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+
+
+def _conversion(folder: str | Path) -> dict | None:
+    path = Path(folder, "conversion.json")
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+class RecurFormerRecipe:
+    """The trainer recipe (slimkv/train/recipe.py) of one RecurFormer stage."""
+
+    def __init__(self, config: RecurFormerRunConfig):
+        rf = config.recurformer
+        self.config, self.settings = config, rf
+        self.conversion = _conversion(rf.student)
+        if rf.stage in ("A", "B") and not rf.control and self.conversion is None:
+            raise ValueError(f"{rf.student} has no conversion.json: convert it first (slimkv recurformer convert), "
+                             "or set recurformer.control=true to train the original")
+        if (rf.control or rf.stage == "gates") and self.conversion is not None:
+            raise ValueError(f"{rf.student} is a RecurFormer conversion; stage {rf.stage} "
+                             f"{'control ' if rf.control else ''}runs take the original model")
+        self.teacher_path = rf.teacher or (self.conversion or {}).get("source") or rf.student
+        # the branches hold new weights (their own learning rate) unless they reuse the heads' rows (window)
+        self.new_branches = self.conversion is not None and not branch_class(self.conversion["mixer"]).pretrained
+        kind = "control" if rf.control else f"stage {rf.stage}"
+        self.name = f"recurformer {kind} ({(self.conversion or {}).get('mixer', 'original')})"
+
+    def build_model(self, config, vocab_size: int) -> nn.Module:
+        rf = self.settings
+        torch.manual_seed(config.train.seed)
+        student = _load(rf.student, "recurformer.student")
+        if rf.stage == "gates":
+            return UnitGates(student, rf.gate_window, rf.gate_sinks, rf.gate_sparsity)
+        needs_teacher = rf.stage == "A" or (rf.kl_weight > 0)
+        teacher = _load(self.teacher_path, "teacher") if needs_teacher else None
+        if rf.stage == "A":
+            return BranchAlignment(student, teacher)
+        if rf.lr_base == 0:
+            for name, p in student.named_parameters():
+                p.requires_grad_(self._is_new(name))
+        return Distillation(student, teacher, rf.kl_weight, rf.kl_chunk)
+
+    def _is_new(self, name: str) -> bool:
+        """A parameter of a branch with new (not pretrained) weights."""
+        return self.new_branches and ".branch." in name
+
+    def param_groups(self, model: nn.Module, optim: OptimConfig) -> list[dict]:
+        rf = self.settings
+        no_decay = no_weight_decay_names(model)
+        groups: dict[tuple[float, bool], list] = {}
+        for name, p in model.named_parameters():
+            if not p.requires_grad:
+                continue
+            if rf.stage in ("gates", "A"):
+                lr = optim.lr
+            else:
+                lr = rf.lr_branch if self._is_new(name) else rf.lr_base
+            if lr > 0:
+                groups.setdefault((lr, name in no_decay or name == "gates"), []).append(p)
+        if not groups:
+            raise ValueError("nothing to train: every learning rate of this stage is 0")
+        return [{"params": params, "lr": lr, "weight_decay": 0.0 if exempt else optim.weight_decay}
+                for (lr, exempt), params in groups.items()]
+
+    def export(self, model: nn.Module, config, sources, target: Path, *, is_main: bool) -> None:
+        """Gates: gates.json (+ a heatmap). Stage A / B: the student as a model folder (conversion.json kept)."""
+        state = _full_state(model, config)
+        if not is_main:
+            return
+        rf = self.settings
+        with output_folder(target, command="recurformer train", overwrite=True) as tmp:
+            if rf.stage == "gates":
+                alpha = state["gates"].float().clamp(0, 1)
+                record = {"source": rf.student, "alpha": alpha.tolist(), "unit_scores": (1 - alpha).tolist(),
+                          "window": rf.gate_window, "sinks": rf.gate_sinks, "sparsity": rf.gate_sparsity}
+                (tmp / "gates.json").write_text(json.dumps(record, indent=1) + "\n")
+                plot_gates(alpha, tmp / "gates.png", rf.student)
+                return
+            student = unwrap(model).__dict__["student"]
+            if config.train.parallel == "fsdp":
+                # the sharded student is not whole on any rank: a fresh copy takes the gathered weights
+                student = _load(rf.student, "recurformer.student")
+                if rf.stage == "A":
+                    names = _stage_a_names(unwrap(model))
+                    student.load_state_dict({names[k]: v for k, v in state.items()}, strict=False)
+                else:
+                    student.load_state_dict(state)
+            from transformers import AutoTokenizer
+
+            student.save_pretrained(tmp)
+            AutoTokenizer.from_pretrained(rf.student).save_pretrained(tmp)
+            if self.conversion is not None:
+                (tmp / "conversion.json").write_text(json.dumps(self.conversion, indent=1) + "\n")
+
+
+def _stage_a_names(model: BranchAlignment) -> dict[str, str]:
+    """Stage A module names -> the student's parameter names."""
+    names = {}
+    for j, block in enumerate(model.model.layers):
+        for name, _ in block.branch.named_parameters():
+            names[f"model.layers.{j}.branch.{name}"] = f"model.layers.{block.layer_idx}.self_attn.branch.{name}"
+    return names
+
+
+def _full_state(model: nn.Module, config) -> dict[str, torch.Tensor]:
+    """The whole state dict on CPU (gathered from every rank under FSDP: a collective, every rank calls it)."""
+    if config.train.parallel == "fsdp":
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
+
+
+def plot_gates(alpha: torch.Tensor, path: Path, title: str) -> None:
+    """Layers x KV units, colour = alpha (1 = keeps full attention, 0 = streams)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 3.5), squeeze=False)
-    for ax, (name, values) in zip(axes[0], curves.items()):
-        ax.plot(values)
-        ax.set_title(name)
-        ax.set_xlabel("step")
-        ax.set_ylabel("loss")
+    fig, ax = plt.subplots(figsize=(2.5 + 0.5 * alpha.shape[1], 1.5 + 0.2 * alpha.shape[0]))
+    image = ax.imshow(alpha.numpy(), cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    ax.set_xlabel("KV unit")
+    ax.set_ylabel("layer")
+    ax.set_title(f"learned gates (1 = full attention): {Path(title).name}", fontsize=8)
+    fig.colorbar(image, ax=ax)
     fig.tight_layout()
-    atomic_write(path, lambda handle: fig.savefig(handle, dpi=100, format="png"))
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def train_cli(args) -> int:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def train_recurformer(config: RecurFormerRunConfig, *, resume: str | bool | None = None,
+                      allow_config_change: bool = False, progress: bool = True):
+    """Run one stage on the project trainer; returns its TrainResult (the output folder is <run>/model)."""
+    from ..train import Trainer
+    from .data import training_sources
 
-    from . import modeling  # noqa: F401  (registers RecurFormer with the Auto classes)
-    from .convert import save_converted
-    from .text import load_text
-
-    folder = Path(args.model)
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"no HF model folder at {folder} (config.json missing)")
-    guard = dict(command="recurformer train", overwrite=getattr(args, "overwrite", False),
-                 sources=tuple(p for p in (args.model, args.teacher) if p))
-    check_output_folder(args.out, **guard)
-    conversion_path = folder / "conversion.json"
-    conversion = json.loads(conversion_path.read_text()) if conversion_path.is_file() else None
-    if args.control and conversion is not None:
-        raise ValueError(f"--control trains the unconverted model; {folder} is a RecurFormer conversion")
-    if not args.control and conversion is None:
-        raise ValueError(f"{folder} has no conversion.json: convert it first, or pass --control for the original")
-    for name in ("steps_a", "steps_b", "seq_len", "batch_size"):
-        if getattr(args, name) < 0 or (name in ("seq_len", "batch_size") and getattr(args, name) < 1):
-            raise ValueError(f"--{name.replace('_', '-')} must be positive; got {getattr(args, name)}")
-    torch.manual_seed(args.seed)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    teacher = None
-    teacher_path = args.teacher or (conversion or {}).get("source")
-    needs_teacher = not args.control and ("A" in args.stage or args.kl > 0)
-    if needs_teacher:
-        if not teacher_path or not Path(teacher_path, "config.json").is_file():
-            raise FileNotFoundError(f"teacher model folder not found: {teacher_path} (pass --teacher)")
-        teacher = AutoModelForCausalLM.from_pretrained(teacher_path, dtype=torch.float32).eval()
-        for p in teacher.parameters():
-            p.requires_grad_(False)
-    text, source = load_text(args.data, "train")
-    batches = TokenBatches(tokenizer, text, args.seq_len, args.batch_size, args.seed, args.hashhop_frac)
-    curves, started = {}, time.time()
-    if not args.control and "A" in args.stage and args.steps_a:
-        curves["stage A (relative MSE)"] = stage_a(model, teacher, batches, args.steps_a, args.lr_branch)
-    if "B" in args.stage and args.steps_b:
-        curves["stage B (LM loss)"] = stage_b(model, batches, args.steps_b, args.lr_branch_b, args.lr_base, teacher,
-                                              args.kl, desc="control" if args.control else "stage B")
-    record = {
-        "model": str(folder), "control": args.control, "stage": args.stage, "data": source,
-        "steps_a": args.steps_a, "steps_b": args.steps_b, "seq_len": args.seq_len, "batch_size": args.batch_size,
-        "lr_branch": args.lr_branch, "lr_branch_b": args.lr_branch_b, "lr_base": args.lr_base, "kl": args.kl, "hashhop_frac": args.hashhop_frac,
-        "seed": args.seed, "seconds": round(time.time() - started, 1), "curves": curves,
-    }
-    out = Path(args.out)
-    save_converted(model, tokenizer, out, conversion, extra_json={"train.json": record}, **guard)
-    if args.json:
-        atomic_write_text(args.json, json.dumps(record, indent=1) + "\n")
-    if args.png and curves:
-        plot_losses(curves, args.png)
-    summary = ", ".join(f"{k}: {v[0]:.3f} -> {sum(v[-5:]) / len(v[-5:]):.3f}" for k, v in curves.items() if v)
-    print(f"trained {folder} -> {out} in {record['seconds']} s; {summary}")
-    return 0
+    recipe = RecurFormerRecipe(config)
+    started = time.perf_counter()
+    sources = training_sources(config.data, config.recurformer.student, progress=progress)
+    result = Trainer(config, resume=resume, allow_config_change=allow_config_change, recipe=recipe,
+                     sources=sources).fit()
+    record = {"stage": config.recurformer.stage, "control": config.recurformer.control,
+              "student": config.recurformer.student, "steps": result.steps, "tokens": result.tokens_seen,
+              "heldout_loss": result.heldout_loss, "losses": result.losses,
+              "seconds": round(time.perf_counter() - started, 1)}
+    atomic_write_text(result.run_dir / "recurformer.json", json.dumps(record, indent=1) + "\n")
+    return result

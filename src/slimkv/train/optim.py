@@ -49,11 +49,14 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
+def build_optimizer(model: nn.Module, cfg: OptimConfig, groups: list[dict] | None = None) -> torch.optim.AdamW:
+    """AdamW over `groups` (default: `param_groups(model, cfg.weight_decay)`); a group without its own "lr" runs at
+    cfg.lr."""
     # foreach=False: the per-parameter loop gives bitwise-identical updates regardless of how DTensor shards
     # are grouped, which keeps FSDP and single-process runs comparable
     return torch.optim.AdamW(
-        param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, foreach=False,
+        groups if groups is not None else param_groups(model, cfg.weight_decay), lr=cfg.lr,
+        betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, foreach=False,
     )
 
 

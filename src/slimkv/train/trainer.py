@@ -33,12 +33,13 @@ from . import checkpoint as ckpt
 from .batches import BatchPlan
 from .config import RunConfig, validate
 from .data_sources import DataSources, build_sources
-from .export import copy_tokenizer, export_model
-from .factory import build_model, count_parameters
+from .export import copy_tokenizer
+from .factory import count_parameters
 from .loop import StepRunner, StopRequest, Throughput, TrainingDiverged
 from .metrics import MetricsLogger
 from .optim import build_optimizer, build_scheduler
 from .parallelize import all_reduce_max, init_distributed, parallelize, unwrap
+from .recipe import ConfigModelRecipe, Recipe
 from .state import Checkpointer, RunFolder
 
 logger = logging.getLogger(__name__)
@@ -76,11 +77,13 @@ class TrainResult:
 class Trainer:
     def __init__(self, config: RunConfig, *, resume: str | bool | None = None,
                  callbacks: tuple[StepCallback, ...] = (), sources: DataSources | None = None,
-                 allow_config_change: bool = False):
+                 allow_config_change: bool = False, recipe: Recipe | None = None):
         """`resume`: None/False = fresh run (refuses to overwrite a run that has checkpoints), True = latest
         checkpoint of this run, a path = that run dir / checkpoint. `allow_config_change`: resume even though data
-        or schedule settings differ from the checkpoint's (state.py lists the rules)."""
+        or schedule settings differ from the checkpoint's (state.py lists the rules). `recipe`: what to train
+        (recipe.py; default: the config's `model` section)."""
         self.config = config
+        self.recipe = recipe or ConfigModelRecipe(config)
         self.resume = resume
         self.allow_config_change = allow_config_change
         self.callbacks = callbacks
@@ -106,14 +109,19 @@ class Trainer:
                              f"vocabulary ({self.sources.vocab_size})")
         torch.manual_seed(cfg.train.seed)
         np.random.seed(cfg.train.seed)
-        model = build_model(cfg.model, vocab_size, seed=cfg.train.seed)
+        model = self.recipe.build_model(cfg, vocab_size)
+        limit = getattr(model.config, "max_position_embeddings", None)
+        if limit is not None and cfg.data.seq_len > limit:
+            raise ValueError(f"config field 'data.seq_len' ({cfg.data.seq_len}) exceeds the model's position limit "
+                             f"max_position_embeddings ({limit})")
         self.params = count_parameters(model)
         model.to(self.device)
         self.model = parallelize(model, parallel=cfg.train.parallel, device=self.device,
                                  activation_checkpointing=cfg.train.activation_checkpointing,
                                  compile_blocks=cfg.train.compile,
                                  bf16=self.bf16 and self.device.type == "cuda")
-        self.optimizer = build_optimizer(unwrap(self.model), cfg.optim)
+        self.optimizer = build_optimizer(unwrap(self.model), cfg.optim,
+                                         self.recipe.param_groups(unwrap(self.model), cfg.optim))
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.train.steps)
         self.steps = StepRunner(self.model, self.optimizer, self.scheduler, self.sources, self.plan, cfg,
                                 self.device, self.bf16, self.world_size)
@@ -230,7 +238,7 @@ class Trainer:
                              checkpoint=self.last_checkpoint)
         if self.is_main:
             counts = ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in self.params.items())
-            logger.info("slimkv train: %s (%s) on %d x %s, parallel=%s, accumulation=%d, run dir %s", cfg.model.arch,
+            logger.info("slimkv train: %s (%s) on %d x %s, parallel=%s, accumulation=%d, run dir %s", self.recipe.name,
                         counts, self.world_size, self.device.type, cfg.train.parallel, self.plan.accumulation,
                         self.run_dir)
         tokens_per_step = cfg.train.batch_size * cfg.data.seq_len
@@ -280,7 +288,7 @@ class Trainer:
             else:
                 result.checkpoint = self.last_checkpoint
             if cfg.train.export_model:
-                export_model(self.model, cfg, self.sources, self.run_dir / "model", is_main=self.is_main)
+                self.recipe.export(self.model, cfg, self.sources, self.run_dir / "model", is_main=self.is_main)
         finally:
             progress.close()
             self.metrics.close()

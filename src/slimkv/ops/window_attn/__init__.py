@@ -2,7 +2,8 @@
 
 legend: B batch, T time, H query heads, Hk key heads, Hv value heads, D key dim, Dv value dim, S cache slots
 
-    query i sees key j  <=>  i - window <= j <= i  (and key j is not padding)
+    query i sees key j  <=>  j <= i  and  (i - window <= j  or  j is one of the row's first `sinks` real keys)
+                             (and key j is not padding)
 
 `window` counts the PREVIOUS tokens a query sees, so it sees window + 1 keys in all (None = full causal). A decode
 cache that reproduces this holds window + 1 slots (`window_cache_slots`). README.md says how SW-SKA's config
@@ -33,7 +34,7 @@ def _check_heads(H: int, Hk: int, Hv: int, where: str) -> None:
         raise ValueError(f"{where}: query heads ({H}) must be a multiple of key heads ({Hk}) and value heads ({Hv})")
 
 
-def _check(q, k, v, window, key_padding_mask) -> None:
+def _check(q, k, v, window, key_padding_mask, sinks=0) -> None:
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError(
             "window_attention: q, k, v must be [B, T, H, D], [B, T, Hk, D], [B, T, Hv, Dv]; "
@@ -48,6 +49,8 @@ def _check(q, k, v, window, key_padding_mask) -> None:
     _check_heads(H, k.shape[2], v.shape[2], "window_attention")
     if window is not None and (not isinstance(window, int) or window < 0):
         raise ValueError(f"window_attention: window must be a non-negative int or None; got {window!r}")
+    if not isinstance(sinks, int) or sinks < 0:
+        raise ValueError(f"window_attention: sinks must be a non-negative int; got {sinks!r}")
     if key_padding_mask is not None and (key_padding_mask.shape != (B, T) or key_padding_mask.dtype != torch.bool):
         raise ValueError(
             f"window_attention: key_padding_mask must be bool [B, T] = [{B}, {T}]; "
@@ -68,6 +71,7 @@ def window_attention(
     key_padding_mask: torch.Tensor | None = None,
     backend: str = "auto",
     chunk_size: int = 128,
+    sinks: int = 0,
 ) -> torch.Tensor:
     """Causal softmax attention over a sliding window, for a whole sequence (training and prefill).
 
@@ -81,23 +85,25 @@ def window_attention(
             key outputs zeros. Padded queries are computed like any other (the caller ignores them).
         backend: "auto" | "reference" | "chunked" | "flex".
         chunk_size: query block of the chunked backend.
+        sinks: attention sinks (StreamingLLM): each row's first `sinks` real keys stay visible to every later
+            query beyond the window. Ignored when window is None (everything is visible anyway).
     Returns:
         [B, T, H, Dv] in q's dtype; the softmax runs in float32 (float64 for float64 inputs).
 
     Example:
         >>> o = window_attention(q, k_shared, v, window=config_window_size // 2)
     """
-    _check(q, k, v, window, key_padding_mask)
+    _check(q, k, v, window, key_padding_mask, sinks)
     backend = resolve_backend(backend, q.device)
     if backend == "reference":
-        return window_attention_reference(q, k, v, window, scale, key_padding_mask)
+        return window_attention_reference(q, k, v, window, scale, key_padding_mask, sinks)
     if backend == "flex":
         from .flex import window_attention_flex
 
-        return window_attention_flex(q, k, v, window, scale, key_padding_mask)
+        return window_attention_flex(q, k, v, window, scale, key_padding_mask, sinks=sinks)
     from .chunked import window_attention_chunked
 
-    return window_attention_chunked(q, k, v, window, scale, key_padding_mask, chunk_size=chunk_size)
+    return window_attention_chunked(q, k, v, window, scale, key_padding_mask, chunk_size=chunk_size, sinks=sinks)
 
 
 def window_decode(

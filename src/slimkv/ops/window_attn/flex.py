@@ -14,6 +14,8 @@ import functools
 
 import torch
 
+from .reference import key_ranks
+
 
 @functools.cache
 def _compiled_flex_attention():
@@ -22,11 +24,15 @@ def _compiled_flex_attention():
     return torch.compile(flex_attention)
 
 
-def _window_mask_mod(window: int | None, key_padding_mask: torch.Tensor | None):
+def _window_mask_mod(window: int | None, key_padding_mask: torch.Tensor | None, sink_mask: torch.Tensor | None = None):
+    """sink_mask [B', T] bool: keys seen by every later query (each row's first real keys), or None."""
     def mask_mod(batch, head, query_idx, key_idx):
         allowed = key_idx <= query_idx
         if window is not None:
-            allowed = allowed & (query_idx - key_idx <= window)
+            in_window = query_idx - key_idx <= window
+            if sink_mask is not None:
+                in_window = in_window | sink_mask[batch if sink_mask.shape[0] > 1 else 0, key_idx]
+            allowed = allowed & in_window
         if key_padding_mask is not None:
             allowed = allowed & key_padding_mask[batch, key_idx]
         return allowed
@@ -35,24 +41,27 @@ def _window_mask_mod(window: int | None, key_padding_mask: torch.Tensor | None):
 
 
 @functools.lru_cache(maxsize=32)
-def _unpadded_block_mask(T: int, window: int | None, device: torch.device):
+def _unpadded_block_mask(T: int, window: int | None, device: torch.device, sinks: int = 0):
     from torch.nn.attention.flex_attention import create_block_mask
 
+    sink_mask = (torch.arange(T, device=device) < sinks).unsqueeze(0) if sinks and window is not None else None
     # compiled mask building never materialises the dense [T, T] mask; worth it on CUDA only
     return create_block_mask(
-        _window_mask_mod(window, None), None, None, T, T, device=device, _compile=device.type == "cuda"
+        _window_mask_mod(window, None, sink_mask), None, None, T, T, device=device, _compile=device.type == "cuda"
     )
 
 
-def window_block_mask(T: int, window: int | None, key_padding_mask: torch.Tensor | None, device: torch.device):
-    """The FlexAttention BlockMask of `window_attention`; cached per (T, window, device) when there is no padding."""
+def window_block_mask(T: int, window: int | None, key_padding_mask: torch.Tensor | None, device: torch.device,
+                      sinks: int = 0):
+    """The FlexAttention BlockMask of `window_attention`; cached per (T, window, device, sinks) without padding."""
     if key_padding_mask is None:
-        return _unpadded_block_mask(T, window, torch.device(device))
+        return _unpadded_block_mask(T, window, torch.device(device), sinks)
     from torch.nn.attention.flex_attention import create_block_mask
 
     device = torch.device(device)
     B = key_padding_mask.shape[0]
-    mask_mod = _window_mask_mod(window, key_padding_mask)
+    sink_mask = key_ranks(T, key_padding_mask, device) < sinks if sinks and window is not None else None
+    mask_mod = _window_mask_mod(window, key_padding_mask, sink_mask)
     return create_block_mask(mask_mod, B, None, T, T, device=device, _compile=device.type == "cuda")
 
 
@@ -74,6 +83,7 @@ def window_attention_flex(
     scale: float | None = None,
     key_padding_mask: torch.Tensor | None = None,
     compiled: bool | None = None,
+    sinks: int = 0,
 ) -> torch.Tensor:
     """q [B, T, H, D], k [B, T, Hk, D], v [B, T, Hv, Dv], key_padding_mask [B, T] (True = real) -> [B, T, H, Dv].
 
@@ -99,7 +109,7 @@ def window_attention_flex(
     q_heads = q.transpose(1, 2)
     k_heads = _match_heads(k.transpose(1, 2), kv_heads)
     v_heads = _match_heads(v.transpose(1, 2), kv_heads)
-    block_mask = window_block_mask(T, window, key_padding_mask, q.device)
+    block_mask = window_block_mask(T, window, key_padding_mask, q.device, sinks)
     attend = _compiled_flex_attention() if compiled else flex_attention
     out = attend(q_heads, k_heads, v_heads, block_mask=block_mask, scale=scale, enable_gqa=kv_heads != H)
     return out.transpose(1, 2)

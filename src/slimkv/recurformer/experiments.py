@@ -1,0 +1,259 @@
+"""The RecurFormer comparison of docs/recurformer.md: original, control and converted variants at one cache budget.
+
+    results = run_experiments(ExperimentPlan(out="runs/recurformer/cpu"))     # slimkv recurformer experiment
+
+Every step is a library call the commands also make (profile, convert_folder, train_recurformer with the preset and
+overrides) and is skipped when its output exists, so an interrupted run continues. Variants (ratio = replaced share
+of KV units):
+
+    original        the pretrained model             control     Stage B of the original, same data and steps
+    window          streaming heads (sinks + window) on the recency-ranked units, Stage B
+    mamba2, ddts    recurrent branches on the recency-ranked units, Stage A then Stage B
+    random, learned the selection ablations (random units; DuoAttention-style learned gates), same branch and
+                    training as `selection_branch`
+
+Each model gets held-out perplexity (corpus held-out split, disjoint windows), passkey retrieval
+(slimkv.eval.niah), HashHop exact match, and counted cache bytes. Writes results.json (with the machine and commit
+header), results.md and PNGs.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..io import atomic_write, atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+RECURRENT = ("mamba2", "ddts")
+
+
+@dataclass
+class ExperimentPlan:
+    out: str = "runs/recurformer/cpu"
+    # the pretrained model folder ("" = slimkv fetch smollm2)
+    model: str = ""
+    ratio: float = 0.5
+    preset: str = "smollm2-cpu"
+    # variants to run, in order (see the module docstring)
+    variants: tuple[str, ...] = ("original", "control", "window", "mamba2", "ddts", "random", "learned")
+    selection_branch: str = "mamba2"
+    # optimizer steps per stage; batch and length of every training step
+    gate_steps: int = 10
+    steps_a: int = 10
+    steps_b: int = 10
+    batch_size: int = 2
+    seq_len: int = 256
+    # further --section.field=value overrides for every training run
+    overrides: tuple[str, ...] = ()
+    profile_sequences: int = 16
+    profile_seq_len: int = 512
+    # evaluation: held-out tokens (disjoint windows of eval_seq_len), passkey grid, HashHop problems
+    eval_tokens: int = 4096
+    eval_seq_len: int = 512
+    niah_lengths: tuple[int, ...] = (1024, 2048, 4096)
+    niah_depths: tuple[float, ...] = (0.25, 0.75)
+    hashhop: int = 8
+    cache_lengths: tuple[int, ...] = (4096, 16384)
+    extra: dict = field(default_factory=dict)
+
+
+def _train(plan: ExperimentPlan, name: str, student: Path, stage: str, steps: int, control: bool = False) -> Path:
+    from .config import load_recurformer_config
+    from .train import train_recurformer
+
+    run_dir = Path(plan.out) / "runs" / name
+    if (run_dir / "recurformer.json").is_file():
+        return run_dir / "model"
+    overrides = [f"--recurformer.stage={stage}", f"--recurformer.student={student}", f"--recurformer.control={control}",
+                 f"--train.name={name}", f"--train.out_dir={Path(plan.out) / 'runs'}", f"--train.steps={steps}",
+                 f"--train.batch_size={plan.batch_size}", f"--train.micro_batch_size={plan.batch_size}",
+                 f"--data.seq_len={plan.seq_len}", "--log.progress=false", *plan.overrides]
+    config = load_recurformer_config(plan.preset, overrides)
+    logger.info("training %s: stage %s, %d steps", name, stage, steps)
+    train_recurformer(config, progress=False)
+    return run_dir / "model"
+
+
+def _convert(plan: ExperimentPlan, name: str, source: Path, mixer: str, select: str, profile: Path,
+             gates: Path | None) -> Path:
+    from .convert import convert_folder
+
+    out = Path(plan.out) / "converted" / name
+    if not (out / "conversion.json").is_file():
+        kwargs = {"window": 64, "sinks": 4} if mixer == "window" else {}
+        convert_folder(source, out, ratio=plan.ratio, mixer=mixer, select=select, profile=str(profile),
+                       gates=str(gates) if gates else None, mixer_kwargs=kwargs, progress=False)
+    return out
+
+
+def build_variants(plan: ExperimentPlan, source: Path) -> dict[str, Path]:
+    """Profile, gates, conversions and training of every variant -> {variant: model folder}."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .data import calibration_text
+    from .profile import calibration_batches, plot_heatmap, profile_model, write_json
+
+    out = Path(plan.out)
+    profile = out / "profile.json"
+    if not profile.is_file():
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
+        text, where = calibration_text()
+        ids = calibration_batches(AutoTokenizer.from_pretrained(source), text, plan.profile_sequences,
+                                  plan.profile_seq_len, 32)
+        result = profile_model(model, ids, name=source.name, progress=False)
+        result.calibration_text = where
+        write_json(result.to_json(), profile)
+        plot_heatmap(result, out / "profile.png")
+    folders: dict[str, Path] = {}
+    gates = None
+    for variant in plan.variants:
+        if variant == "original":
+            folders[variant] = source
+        elif variant == "control":
+            folders[variant] = _train(plan, "control", source, "B", plan.steps_b, control=True)
+        else:
+            mixer = plan.selection_branch if variant in ("random", "learned") else variant
+            select = {"random": "random", "learned": "learned"}.get(variant, "recency")
+            if select == "learned" and gates is None:
+                gates = _train(plan, "gates", source, "gates", plan.gate_steps) / "gates.json"
+            folder = _convert(plan, variant, source, mixer, select, profile, gates)
+            if mixer in RECURRENT:
+                folder = _train(plan, f"{variant}-A", folder, "A", plan.steps_a)
+            folders[variant] = _train(plan, f"{variant}-B", folder, "B", plan.steps_b)
+    return folders
+
+
+def evaluate_folder(folder: Path, plan: ExperimentPlan, heldout: torch.Tensor, documents: list[str]) -> dict:
+    """Perplexity, passkey retrieval, HashHop and counted cache bytes of one model folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .. import models  # noqa: F401  (registers RecurFormer with the Auto classes)
+    from ..eval.niah import NIAHConfig, run_niah
+    from ..eval.perplexity import token_nll
+    from . import hashhop
+    from .convert import cache_bytes
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    started = time.perf_counter()
+    with torch.no_grad():
+        nll, count = token_nll(model, heldout, seq_len=plan.eval_seq_len, stride=plan.eval_seq_len, mode="sliding")
+    row = {"ppl": math.exp(nll / count), "ppl_tokens": count, "ppl_seconds": round(time.perf_counter() - started, 1)}
+    started = time.perf_counter()
+    niah = run_niah(model, tokenizer, documents, NIAHConfig(lengths=plan.niah_lengths, depths=plan.niah_depths,
+                                                            trials=1, max_new_tokens=8))
+    row["niah"] = {"lengths": niah.lengths, "depths": niah.depths, "accuracy": niah.accuracy,
+                   "mean": niah.mean_accuracy, "seconds": round(time.perf_counter() - started, 1)}
+    if plan.hashhop:
+        problems = hashhop.make_examples(plan.hashhop, seed=123, num_chains=3, hops=2)
+        row["hashhop_exact_match"] = hashhop.evaluate(model, tokenizer, problems)["exact_match"]
+    row["cache_bytes"] = {str(T): {"float32": cache_bytes(model, T),
+                                   "bfloat16": cache_bytes(model, T, dtype=torch.bfloat16)} for T in plan.cache_lengths}
+    train = Path(folder).parent / "recurformer.json"
+    if train.is_file():
+        record = json.loads(train.read_text())
+        row["train"] = {k: record[k] for k in ("stage", "steps", "tokens", "seconds", "losses")}
+    return row
+
+
+def run_experiments(plan: ExperimentPlan) -> dict:
+    from transformers import AutoTokenizer
+
+    from ..machine import machine_header
+    from ..data import fetch_corpus, read_split_documents
+    from ..data.pretrained import fetch_smollm2
+    from ..eval.perplexity import encode_text
+
+    out = Path(plan.out)
+    out.mkdir(parents=True, exist_ok=True)
+    source = Path(plan.model) if plan.model else fetch_smollm2()
+    folders = build_variants(plan, source)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    documents = read_split_documents(fetch_corpus(), "heldout")
+    text = "\n\n".join(documents)
+    heldout = encode_text(tokenizer, text[: plan.eval_tokens * 8], tokenizer.convert_tokens_to_ids("<|endoftext|>"))
+    heldout = heldout[: plan.eval_tokens + 1]
+    path = out / "results.json"
+    results = json.loads(path.read_text()) if path.is_file() else {"rows": {}}
+    results.update(plan=asdict(plan), header=machine_header("cpu"), source=str(source))
+    for variant, folder in folders.items():
+        if variant not in results["rows"]:
+            logger.info("evaluating %s (%s)", variant, folder)
+            results["rows"][variant] = {"folder": str(folder), **evaluate_folder(folder, plan, heldout, documents)}
+            atomic_write_text(path, json.dumps(results, indent=1) + "\n")
+    atomic_write_text(path, json.dumps(results, indent=1) + "\n")
+    atomic_write_text(out / "results.md", table(results) + "\n")
+    plot(results, out / "results.png")
+    return results
+
+
+def table(results: dict) -> str:
+    rows = results["rows"]
+    control = rows.get("control", rows.get("original"))["ppl"]
+    full = {T: rows["original"]["cache_bytes"][T]["bfloat16"] for T in rows["original"]["cache_bytes"]}
+    lengths = list(full)
+    header = ["model", "held-out ppl", "vs control", "passkey " + "/".join(f"{int(n) // 1024}K" for n in
+                                                                            rows["original"]["niah"]["lengths"]),
+              "HashHop EM"] + [f"cache {int(T) // 1024}K bf16 (MiB)" for T in lengths] + \
+             [f"saved at {int(lengths[0]) // 1024}K", "train tokens"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, row in rows.items():
+        niah = "/".join(f"{sum(cells) / len(cells):.2f}" for cells in row["niah"]["accuracy"])
+        cache = [f"{row['cache_bytes'][T]['bfloat16'] / 2**20:.1f}" for T in lengths]
+        saved = 1 - row["cache_bytes"][lengths[0]]["bfloat16"] / full[lengths[0]]
+        hh = row.get("hashhop_exact_match")
+        lines.append("| " + " | ".join([name, f"{row['ppl']:.2f}", f"{100 * (row['ppl'] / control - 1):+.1f}%", niah,
+                                        "-" if hh is None else f"{hh:.2f}", *cache, f"{100 * saved:.1f}%",
+                                        str(_trained_tokens(results, name))]) + " |")
+    return "\n".join(lines)
+
+
+def _trained_tokens(results: dict, name: str) -> int:
+    """Tokens of every training run behind a variant (gates, Stage A and Stage B)."""
+    total = 0
+    for run in Path(results["plan"]["out"], "runs").glob("*/recurformer.json"):
+        run_name = run.parent.name
+        if run_name == name or run_name.startswith(f"{name}-") or (name == "learned" and run_name == "gates"):
+            total += json.loads(run.read_text())["tokens"]
+    return total
+
+
+def plot(results: dict, path: Path) -> None:
+    """Perplexity vs cache at the first length, passkey accuracy per length, and the training curves."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = results["rows"]
+    first = next(iter(rows["original"]["cache_bytes"]))
+    fig, (ax_ppl, ax_niah, ax_loss) = plt.subplots(1, 3, figsize=(15, 4.2))
+    for name, row in rows.items():
+        x = row["cache_bytes"][first]["bfloat16"] / 2**20
+        ax_ppl.scatter(x, row["ppl"], s=30)
+        ax_ppl.annotate(name, (x, row["ppl"]), fontsize=8, xytext=(3, 3), textcoords="offset points")
+        lengths = row["niah"]["lengths"]
+        ax_niah.plot(lengths, [sum(c) / len(c) for c in row["niah"]["accuracy"]], marker="o", label=name)
+    for run in sorted(Path(results["plan"]["out"], "runs").glob("*-B/recurformer.json")) + sorted(
+            Path(results["plan"]["out"], "runs").glob("control/recurformer.json")):
+        losses = json.loads(run.read_text())["losses"]
+        ax_loss.plot(range(1, len(losses) + 1), losses, label=run.parent.name)
+    ax_ppl.set(xlabel=f"decode cache at {int(first) // 1024}K tokens (MiB, bf16)", ylabel="held-out perplexity",
+               yscale="log", title="quality vs cache budget")
+    ax_niah.set(xlabel="context length (tokens)", ylabel="passkey exact match", ylim=(-0.05, 1.05), xscale="log",
+                title="passkey retrieval")
+    ax_loss.set(xlabel="Stage B step", ylabel="training loss (CE + KL)", title="Stage B loss curves")
+    for ax in (ax_niah, ax_loss):
+        ax.legend(fontsize=7)
+    fig.suptitle(f"RecurFormer on {Path(results['source']).name}, ratio {results['plan']['ratio']} "
+                 f"(commit {str(results['header'].get('git_commit'))[:12]})", fontsize=9)
+    fig.tight_layout()
+    atomic_write(path, lambda handle: fig.savefig(handle, dpi=110, format="png"))
+    plt.close(fig)
