@@ -157,7 +157,9 @@ def tiny_sweep_config(tmp_path, **overrides) -> MQARSweepConfig:
     return MQARSweepConfig(**base)
 
 
-@pytest.mark.parametrize("arch, lr, steps", [("llama", 3e-3, 300), ("rodimus", 1e-2, 400)])
+# rodimus at 400 steps of 1e-2 sits on the MQAR plateau (~0.67, one of two pairs solved); 600 steps of 2e-2 reach 1.0
+# for seeds 0-2, 4, 5 (seed 3 stays on the plateau: the phase transition of this task, not a bug)
+@pytest.mark.parametrize("arch, lr, steps", [("llama", 3e-3, 300), ("rodimus", 2e-2, 600)])
 def test_a_tiny_model_learns_a_trivial_instance_on_the_trainer(tmp_path, arch, lr, steps):
     config = tiny_sweep_config(tmp_path, archs=(arch,), lrs=(lr,), steps=steps)
     test = make_test_sets(config.test_segments, config.vocab_size, seed=1)

@@ -39,8 +39,12 @@ def run_cli(capsys, *argv) -> tuple[int, str]:
 
 
 def one_line(err: str) -> str:
-    assert err.count("\n") == 1, err
-    return err
+    """The error of a failed command: exactly one `slimkv <cmd>: error:` line, last, and no traceback (progress
+    messages logged to stderr before the failure may precede it)."""
+    lines = err.splitlines()
+    errors = [line for line in lines if ": error: " in line]
+    assert len(errors) == 1 and lines[-1] == errors[0] and "Traceback" not in err, err
+    return errors[0]
 
 
 def metric_steps(run_dir: Path) -> list[int]:
