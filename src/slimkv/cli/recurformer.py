@@ -4,6 +4,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .options import pop_overrides
+
+# `train` and `experiment` take --section.field=value config overrides (cli/options.py)
+OVERRIDES = True
+
 
 def _add_profile(sub) -> None:
     p = sub.add_parser("profile", help="recency ratio of every query head and KV unit on calibration text")
@@ -57,7 +62,6 @@ def _add_train(sub) -> None:
                        description="Train one RecurFormer stage from a YAML config (a file or a shipped preset "
                                    "name) plus --section.field=value overrides (src/slimkv/recurformer/config.py).")
     p.add_argument("config", help="YAML config or preset name (e.g. smollm2-cpu)")
-    p.add_argument("overrides", nargs="*", default=[], help="--section.field=value (e.g. --recurformer.stage=A)")
     p.add_argument("--resume", nargs="?", const=True, default=None,
                    help="continue this run from its latest checkpoint (or from the checkpoint given)")
     p.add_argument("--allow-config-change", action="store_true",
@@ -83,7 +87,6 @@ def _add_experiment(sub) -> None:
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(plan, name))
     p.add_argument("--niah-lengths", default=",".join(map(str, plan.niah_lengths)))
     p.add_argument("--niah-depths", default=",".join(map(str, plan.niah_depths)))
-    p.add_argument("overrides", nargs="*", default=[], help="--section.field=value for every training run")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -148,7 +151,7 @@ def _run_train(args) -> int:
     from slimkv.recurformer.config import load_recurformer_config
     from slimkv.recurformer.train import train_recurformer
 
-    config = load_recurformer_config(args.config, args.overrides)
+    config = load_recurformer_config(args.config, pop_overrides(args))
     result = train_recurformer(config, resume=args.resume, allow_config_change=args.allow_config_change,
                                progress=config.log.progress)
     held = f", held-out loss {result.heldout_loss:.4f}" if result.heldout_loss is not None else ""
@@ -167,7 +170,7 @@ def _run_experiment(args) -> int:
         variants=tuple(v for v in args.variants.split(",") if v), selection_branch=args.selection_branch,
         gate_steps=args.gate_steps, steps_a=args.steps_a, steps_b=args.steps_b, batch_size=args.batch_size,
         seq_len=args.seq_len, eval_tokens=args.eval_tokens, eval_seq_len=args.eval_seq_len, hashhop=args.hashhop,
-        profile_sequences=args.profile_sequences, overrides=tuple(args.overrides),
+        profile_sequences=args.profile_sequences, overrides=tuple(pop_overrides(args)),
         niah_lengths=tuple(int(n) for n in args.niah_lengths.split(",")),
         niah_depths=tuple(float(d) for d in args.niah_depths.split(",")))
     print(table(run_experiments(plan)))

@@ -95,7 +95,7 @@ class Trainer:
     def _setup(self) -> None:
         cfg = self.config
         # a config built in code (dataclasses.replace, a hand-made RunConfig) gets the same checks as a loaded one
-        validate(cfg)
+        validate(cfg, check_model=isinstance(self.recipe, ConfigModelRecipe))
         self.device = resolve_device(cfg.train.device, what="config field 'train.device'",
                                      index=int(os.environ.get("LOCAL_RANK", "0")))
         self.rank, self.local_rank, self.world_size = init_distributed(cfg.train.parallel, self.device.type)
@@ -238,8 +238,8 @@ class Trainer:
                              checkpoint=self.last_checkpoint)
         if self.is_main:
             counts = ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in self.params.items())
-            logger.info("slimkv train: %s (%s) on %d x %s, parallel=%s, accumulation=%d, run dir %s", self.recipe.name,
-                        counts, self.world_size, self.device.type, cfg.train.parallel, self.plan.accumulation,
+            logger.info("slimkv train: %s (%s) on %d x %s, parallel=%s, accumulation=%d, run dir %s",
+                        self.recipe.name, counts, self.world_size, self.device.type, cfg.train.parallel, self.plan.accumulation,
                         self.run_dir)
         tokens_per_step = cfg.train.batch_size * cfg.data.seq_len
         progress = tqdm(total=cfg.train.steps, initial=self.start_step, disable=not (self.is_main and cfg.log.progress),
