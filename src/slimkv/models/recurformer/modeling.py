@@ -16,17 +16,16 @@ no host syncs, so models/generation.py (FastGenerationMixin) replays it from CUD
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from ...layers.hybrid_attention import HybridAttention
-from ...ops.cross_entropy import linear_cross_entropy
 from ...ops.rope import rope_cos_sin
 from ..cache import RodimusCache
-from ..compat import CACHE_KEY, pop_cache, with_cache
+from ..causal_lm import StatefulCausalLM
+from ..compat import pop_cache, with_cache
 from ..generation import FastGenerationMixin
 from .configuration import RecurFormerConfig
 from .families import (attention_biases, attention_geometry, check_family, family_classes, rope_frequencies,
@@ -194,68 +193,12 @@ class RecurFormerModel(RecurFormerPreTrainedModel):
         return mine, position_ids
 
 
-class RecurFormerForCausalLM(FastGenerationMixin, RecurFormerPreTrainedModel, GenerationMixin):
-    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+class RecurFormerForCausalLM(StatefulCausalLM, FastGenerationMixin, RecurFormerPreTrainedModel, GenerationMixin):
+    """A converted model with the tied LM head (models/causal_lm.py); its cache adds the kept units' KV slots."""
 
-    def __init__(self, config: RecurFormerConfig):
-        super().__init__(config)
-        self.model = RecurFormerModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.post_init()
-
-    def get_input_embeddings(self):
-        return self.model.embed_tokens
-
-    def set_input_embeddings(self, value):
-        self.model.embed_tokens = value
-
-    def get_output_embeddings(self):
-        return self.lm_head
-
-    def set_output_embeddings(self, value):
-        self.lm_head = value
-
-    @classmethod
-    def _supports_default_dynamic_cache(cls) -> bool:
-        # the hybrid cache is created by the model itself, not as a transformers DynamicCache
-        return False
-
-    def allocate_cache(self, batch_size: int, dtype: torch.dtype | None = None, device: torch.device | None = None,
-                       capacity: int | None = None) -> RodimusCache:
-        return self.model.allocate_cache(batch_size, dtype, device, capacity)
+    backbone_class = RecurFormerModel
 
     def cache_capacity(self, total_tokens: int) -> int:
         """KV slots generate() allocates for prompt + new tokens: a power of two (graphs are kept per capacity)."""
         capacity = max(MIN_CACHE_CAPACITY, 1 << (max(total_tokens, 1) - 1).bit_length())
         return min(capacity, max(total_tokens, self.config.max_position_embeddings))
-
-    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None,
-                                      inputs_embeds=None, use_cache=True, **kwargs):
-        # transformers >= 5.24 passes the cache as `cache` (models/compat.py)
-        past_key_values = pop_cache(kwargs, past_key_values)
-        if past_key_values is not None and past_key_values.seen_tokens > 0:
-            input_ids, inputs_embeds = input_ids[:, past_key_values.seen_tokens:], None
-        inputs = {"attention_mask": attention_mask, CACHE_KEY: past_key_values, "use_cache": use_cache}
-        inputs.update({"inputs_embeds": inputs_embeds} if inputs_embeds is not None else {"input_ids": input_ids})
-        return inputs
-
-    def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.LongTensor | None = None, past_key_values: RodimusCache | None = None,
-                inputs_embeds: torch.Tensor | None = None, labels: torch.LongTensor | None = None,
-                use_cache: bool | None = None, logits_to_keep: int = 0, targets: torch.LongTensor | None = None,
-                **kwargs) -> CausalLMOutputWithPast:
-        """labels: Hugging Face convention (shifted inside, logits returned). targets: the next token of every
-        position ([B, T], -100 = ignore), scored by the chunked linear cross-entropy without [B, T, V] logits
-        (ops/cross_entropy); the project trainer uses it."""
-        past_key_values = pop_cache(kwargs, past_key_values)
-        if labels is not None or targets is not None:
-            use_cache = False
-        out = self.model(input_ids, attention_mask, position_ids, past_key_values, inputs_embeds, use_cache)
-        h = out.last_hidden_state
-        if targets is not None:
-            return CausalLMOutputWithPast(loss=linear_cross_entropy(h, self.lm_head.weight, targets), logits=None)
-        logits = self.lm_head(h[:, -logits_to_keep:] if logits_to_keep else h)
-        loss = None
-        if labels is not None:
-            loss = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, **with_cache(getattr(out, CACHE_KEY)))
