@@ -38,3 +38,35 @@ def test_curve_goes_past_the_position_limit_and_bins(tmp_path):
     assert json_path.is_file() and png_path.stat().st_size > 1000
     with pytest.raises(ValueError, match="fewer than one sequence"):
         loss_by_position(model, ids[:100], length=300)
+
+
+def test_length_cli_writes_one_curve_per_model(tmp_path, capsys, brown_data, brown_documents):
+    import json
+
+    from slimkv.cli.main import main
+
+    from .conftest import tiny_model
+
+    folders = []
+    for arch in ("rodimus", "llama"):
+        folder = tmp_path / arch
+        tiny_model(arch, vocab_size=brown_data.vocab_size, max_positions=128).save_pretrained(folder)
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            (folder / name).write_bytes((brown_data.tokenizer_path.parent / name).read_bytes())
+        folders.append(str(folder))
+    text = tmp_path / "text.txt"
+    text.write_text("\n\n\n".join(brown_documents[:20]))
+    out = tmp_path / "length"
+    code = main(["eval", "length", *folders, "--text", str(text), "--length", "384", "--chunk", "64",
+                 "--bin-size", "64", "--max-sequences", "2", "--trained-length", "128", "--out", str(out), "-q"])
+    assert code == 0
+    report = json.loads((out / "length.json").read_text())
+    assert set(report["curves"]) == {"rodimus", "llama"} and report["header"]["git_commit"]
+    for curve in report["curves"].values():
+        # 383 scored positions in bins of 64; a random model is near log(vocab) everywhere
+        assert curve["sequences"] == 2 and len(curve["loss"]) == 6 and curve["trained_length"] == 128
+        assert all(abs(v - math.log(brown_data.vocab_size)) < 1.0 for v in curve["loss"])
+    assert (out / "length.png").read_bytes()[:4] == b"\x89PNG"
+    assert "rodimus (2 sequences of 384)" in capsys.readouterr().out
+    assert main(["eval", "length", "--text", str(text), "--out", str(out)]) == 2
+    assert "missing required MODELS" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """Length extrapolation: held-out loss against token position, far past the length a model was trained at.
 
     curve = loss_by_position(model, ids, length=4096, chunk=256)    # e.g. 16x a 256-token training length
+    slimkv eval length runs/len/rodimus runs/len/llama --length 4096 --trained-length 256 --out runs/length
 
 The held-out tokens are cut into sequences of `length` tokens; every token's next-token loss is recorded by its
 position in its sequence and averaged per position bin. A model with a cache (Rodimus, Rodimus+, Mamba2, GLA,
@@ -19,6 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..config import ranged, setting
 from ..models.compat import output_cache, with_cache
 
 
@@ -123,3 +125,55 @@ def write_curves(curves: dict[str, LengthCurve], out: str | Path, header: dict |
     plt.close(fig)
     atomic_write_bytes(out / "length.png", buf.getvalue())
     return out / "length.json", out / "length.png"
+
+
+@dataclass
+class LengthJob:
+    """`slimkv eval length MODEL...`: one loss-by-position curve per model on the same text (`run_length_job`)."""
+
+    # model folders or `slimkv train` run directories; each curve is named after its folder
+    models: tuple[str, ...] = setting(positional=True)
+    # the text: a UTF-8 file, or a corpus split of `slimkv fetch corpus` (heldout, train)
+    text: str = setting("heldout", metavar="FILE_OR_SPLIT")
+    # tokens per sequence (e.g. 16x the training length)
+    length: int = ranged(4096, ge=2)
+    # tokens per forward for models with a cache (the state is carried between chunks)
+    chunk: int = ranged(256, ge=1)
+    # positions averaged per point of the curve
+    bin_size: int = ranged(128, ge=1)
+    # sequences of `length` tokens scored per model (fewer when the text is shorter)
+    max_sequences: int = ranged(16, ge=1)
+    # sequences per forward
+    batch: int = ranged(4, ge=1)
+    # the models' training sequence length, marked on the plot (0 = not marked)
+    trained_length: int = ranged(0, ge=0)
+    # corpus data directory ("" = $SLIMKV_DATA or ./data)
+    data_dir: str = ""
+    # where to run: auto, cpu, cuda, cuda:N or mps
+    device: str = "cpu"
+    # output folder for length.json and length.png
+    out: str = setting("runs/length", metavar="DIR")
+
+
+def run_length_job(job: LengthJob, progress: bool = False) -> dict[str, LengthCurve]:
+    """Load each model with its tokenizer, score `job.text`, write <out>/length.json and length.png -> curves."""
+    from ..device import resolve_device
+    from ..machine import machine_header
+    from .loading import load_model_and_tokenizer
+    from .texts import text_ids_and_bytes
+
+    if not job.models:
+        raise ValueError("give at least one model folder or run directory")
+    device = resolve_device(job.device)
+    curves: dict[str, LengthCurve] = {}
+    for path in job.models:
+        model, tokenizer = load_model_and_tokenizer(path)
+        if tokenizer is None:
+            raise ValueError(f"{path!r} has no tokenizer (tokenizer.json); save one beside the model")
+        ids, _, _ = text_ids_and_bytes(job.text, tokenizer, job.data_dir or None, progress=progress,
+                                       option="--text")
+        name = Path(path).name if Path(path).name != "model" else Path(path).parent.name
+        curves[name] = loss_by_position(model.to(device), ids, job.length, job.chunk, job.bin_size,
+                                        job.max_sequences, job.batch, job.trained_length or None)
+    write_curves(curves, job.out, header={**machine_header(device), "job": asdict(job)})
+    return curves
