@@ -10,24 +10,25 @@ where the branch has a slot for them (mamba2); the window branch keeps the rows 
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Literal, Optional, get_args
 
 import torch
 from torch import nn
 
-from ..config import Range, check_ranges, did_you_mean, ranged, setting
+from ..config import check_ranges, did_you_mean, ranged, setting
 from ..io import output_folder
 from ..layers.branches import ReplacedHeads, branch_class
 from ..models.recurformer import RecurFormerConfig, RecurFormerForCausalLM, attention_geometry, check_family
+from .select import Strategy, fraction_field
 
 CACHE_LENGTHS = (1024, 4096, 16384)
-INITS = ("zero", "attention")
+Init = Literal["zero", "attention"]
+INITS: tuple[str, ...] = get_args(Init)
 
 
 def _rows(heads: list[int], head_dim: int) -> list[int]:
@@ -171,18 +172,6 @@ def conversion_record(source_path, converted, scores, replaced, settings: dict, 
     }
 
 
-class Fraction(Range):
-    """A `Range` written as the interval it is: "--ratio must be in [0, 1), got 1.0"."""
-
-    def describe(self) -> str:
-        return f"in [{self.ge:g}, {self.lt:g})"
-
-
-def fraction_field(default: float | None = None) -> Any:
-    """A field holding a fraction in [0, 1) (the share of KV units a conversion replaces)."""
-    return dataclasses.field(default=default, metadata={"range": Fraction(ge=0.0, lt=1.0)})
-
-
 @dataclass
 class RecurFormerConvertConfig:
     """`slimkv recurformer convert`: which KV units of a pretrained model to replace, and with what (`convert`)."""
@@ -201,9 +190,9 @@ class RecurFormerConvertConfig:
     # the branch that replaces the units (registry in layers/branches.py: mamba2, ddts, window, ...)
     mixer: str = "mamba2"
     # zero: branch output projection zero (= pruning at step 0); attention: reuse W_q/W_k/W_v (mamba2)
-    init: Literal["zero", "attention"] = "zero"
+    init: Init = "zero"
     # rank units by recency ratio or by learned gates (--gates), or pick them at random
-    select: Literal["recency", "learned", "random"] = "recency"
+    select: Strategy = "recency"
     # --select learned: the gates.json of a `recurformer train` stage-gates run
     gates: Optional[str] = setting(None, metavar="FILE")
     # seed for --select random and the new weights
