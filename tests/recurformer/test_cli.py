@@ -67,16 +67,7 @@ def test_train_refuses_bad_configs_in_one_line(tmp_path, capsys):
 def test_profile_writes_table_json_and_png(tmp_path, capsys):
     import json
 
-    from transformers import AutoTokenizer
-
-    from slimkv.data.pretrained import fetch_smollm2
-
-    folder = tmp_path / "tiny"
-    tokenizer = AutoTokenizer.from_pretrained(fetch_smollm2())
-    tiny_source("qwen2", vocab_size=len(tokenizer)).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    text = tmp_path / "text.txt"
-    text.write_text("It was the best of times, it was the worst of times, it was the age of wisdom. " * 30)
+    folder, text = _tiny_with_tokenizer(tmp_path)
     code = main(["recurformer", "profile", "--model", str(folder), "--data", str(text), "--window", "8",
                  "--windows", "4,8", "--num-sequences", "3", "--seq-len", "48", "--json", str(tmp_path / "p.json"),
                  "--png", str(tmp_path / "p.png")])
@@ -87,3 +78,106 @@ def test_profile_writes_table_json_and_png(tmp_path, capsys):
     assert len(data["unit_rr"]["8"]) == 2 and len(data["head_rr"]["8"][0]) == 4
     assert all(0.0 < x <= 1.0 for row in data["unit_rr"]["4"] for x in row)
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_convert_rule_and_option_mistakes_are_one_line(tmp_path, capsys):
+    tiny_source("llama").save_pretrained(tmp_path / "m")
+    convert = ["recurformer", "convert", "--model", str(tmp_path / "m"), "--out", str(tmp_path / "o")]
+    _fails(convert, capsys, "give exactly one of --ratio and --threshold")
+    _fails([*convert, "--ratio", "0.5", "--threshold", "0.3"], capsys, "give exactly one of --ratio and --threshold")
+    _fails([*convert, "--ratoi", "0.5"], capsys, "did you mean '--ratio'?")
+    _fails([*convert, "--ratio", "0.5", "--mixer", "mamab2"], capsys, "did you mean 'mamba2'?")
+    _fails([*convert, "--ratio", "0.5", "--init", "attn"], capsys, "--init must be one of ['zero', 'attention']")
+    _fails([*convert, "--ratio", "0.5", "--attn-sinks", "-1"], capsys, "--attn-sinks must be >= 0, got -1")
+    _fails(["recurformer", "convert", "--out", str(tmp_path / "o"), "--ratio", "0.5"], capsys,
+           "missing required --model")
+    # dotted overrides belong to train and experiment only
+    _fails([*convert, "--ratio", "0.5", "--optim.lr=1"], capsys, "unrecognised option '--optim.lr'")
+    assert not (tmp_path / "o").exists()
+
+
+def test_convert_help_lists_every_field_with_its_help(capsys):
+    from slimkv.cli.options import option_names
+    from slimkv.config import help_line, iter_fields
+    from slimkv.recurformer.convert import RecurFormerConvertConfig
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["recurformer", "convert", "--help"])
+    assert exit_.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    fields = list(iter_fields(RecurFormerConvertConfig))
+    assert len(fields) == 19
+    for info in fields:
+        assert info.doc, f"{info.path} has no comment to be its help"
+        assert option_names(info)[0] in out and " ".join(help_line(info).split()) in out, info.path
+    for needle in ("--ratio FLOAT fraction of KV units to replace", "(default none; in [0, 1))",
+                   "--mixer TEXT", "--init {zero,attention}", "--select {recency,learned,random}",
+                   "(default 64; >= 1)", "--config FILE.yaml"):
+        assert needle in out, needle
+
+
+def _tiny_with_tokenizer(tmp_path):
+    from transformers import AutoTokenizer
+
+    from slimkv.data.pretrained import fetch_smollm2
+
+    folder = tmp_path / "tiny"
+    tokenizer = AutoTokenizer.from_pretrained(fetch_smollm2())
+    tiny_source("qwen2", vocab_size=len(tokenizer)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    text = tmp_path / "text.txt"
+    text.write_text("It was the best of times, it was the worst of times, it was the age of wisdom. " * 30)
+    return folder, text
+
+
+def test_convert_reads_a_yaml_config_and_the_command_line_wins(tmp_path, capsys):
+    import json
+
+    folder, text = _tiny_with_tokenizer(tmp_path)
+    config = tmp_path / "convert.yaml"
+    config.write_text(f"model: {folder}\nout: {tmp_path / 'out'}\nratio: 0.25\nmixer: window\nattn_window: 16\n"
+                      f"attn_sinks: 2\nselect: random\nseed: 5\ndata: {text}\nwindow: 4\nnum_sequences: 2\n"
+                      "seq_len: 32\n")
+    capsys.readouterr()
+    assert main(["recurformer", "convert", "--config", str(config), "--ratio", "0.5", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("replaced 2/4 KV units with window branches;") and str(tmp_path / "out") in out
+    record = json.loads((tmp_path / "out" / "conversion.json").read_text())
+    assert (record["ratio"], record["mixer"], record["select"], record["seed"], record["window_k"]) == \
+        (0.5, "window", "random", 5, 4)
+    assert record["mixer_kwargs"] == {"window": 16, "sinks": 2} and record["num_replaced"] == 2
+    config.write_text(f"model: {folder}\nout: {tmp_path / 'out2'}\nratoi: 0.5\n")
+    _fails(["recurformer", "convert", "--config", str(config)], capsys,
+           "unknown config field 'ratoi'; did you mean 'ratio'?")
+
+
+def test_experiment_plan_comes_from_options_yaml_and_dotted_overrides(tmp_path, monkeypatch, capsys):
+    from slimkv.recurformer import experiments
+
+    seen = []
+    monkeypatch.setattr(experiments, "run_experiments", lambda plan: seen.append(plan) or {"rows": {}})
+    monkeypatch.setattr(experiments, "table", lambda results: "the table")
+    config = tmp_path / "plan.yaml"
+    config.write_text("steps_b: 7\nhashhop: 0\noverrides: ['--optim.weight_decay=0']\n")
+    code = main(["recurformer", "experiment", "--config", str(config), "--out", str(tmp_path / "x"),
+                 "--variants", "original,window", "--niah-lengths", "512", "1024", "--steps-a", "3",
+                 "--optim.lr=1e-4", "--train.log_every", "5"])
+    assert code == 0 and capsys.readouterr().out == "the table\n"
+    (plan,) = seen
+    assert (plan.out, plan.variants, plan.niah_lengths, plan.steps_a, plan.steps_b, plan.hashhop) == \
+        (str(tmp_path / "x"), ("original", "window"), (512, 1024), 3, 7, 0)
+    assert plan.overrides == ("--optim.weight_decay=0", "--optim.lr=1e-4", "--train.log_every=5")
+
+
+def test_experiment_refuses_bad_plans_before_any_work(tmp_path, capsys):
+    out = tmp_path / "x"
+    experiment = ["recurformer", "experiment", "--out", str(out)]
+    _fails([*experiment, "--variants", "orginal"], capsys, "did you mean 'original'?")
+    _fails([*experiment, "--ratio", "1"], capsys, "--ratio must be in [0, 1), got 1")
+    _fails([*experiment, "--niah-depths", "0.5,2"], capsys, "--niah-depths must be >= 0 and <= 1, got 2.0")
+    _fails([*experiment, "--selection-branch", "windwo"], capsys, "did you mean 'window'?")
+    _fails([*experiment, "--optim.lrr=1e-4"], capsys, "did you mean 'optim.lr'?")
+    _fails([*experiment, "--preset", str(tmp_path / "none.yaml")], capsys, "does not exist")
+    # (the closest name may be the field's own spelling, --steps_b, which is accepted too)
+    _fails([*experiment, "--stepsb", "3"], capsys, "did you mean '--steps")
+    assert not out.exists()

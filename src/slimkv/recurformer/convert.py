@@ -1,6 +1,7 @@
 """Convert a pretrained Llama / Qwen2 / Mistral model into a RecurFormer model, and count what its cache costs.
 
-    model = build_converted(source, replaced_units, mixer="mamba2", init="zero")
+    conversion = convert(RecurFormerConvertConfig(model=source, out="runs/rf/mamba2", ratio=0.5))
+    model = build_converted(source_model, replaced_units, mixer="mamba2", init="zero")
 
 Every pretrained tensor is copied bit for bit (kept q/k/v rows as row slices, o_proj, norms, MLPs, embeddings);
 each branch initialises itself from the replaced heads' rows (layers/branches.py `init_from_heads`): `zero` makes
@@ -12,17 +13,22 @@ from __future__ import annotations
 import json
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, Optional, get_args
 
 import torch
 from torch import nn
 
+from ..config import check_ranges, did_you_mean, ranged, setting
 from ..io import output_folder
 from ..layers.branches import ReplacedHeads, branch_class
 from ..models.recurformer import RecurFormerConfig, RecurFormerForCausalLM, attention_geometry, check_family
+from .select import Strategy, fraction_field
 
 CACHE_LENGTHS = (1024, 4096, 16384)
-INITS = ("zero", "attention")
+Init = Literal["zero", "attention"]
+INITS: tuple[str, ...] = get_args(Init)
 
 
 def _rows(heads: list[int], head_dim: int) -> list[int]:
@@ -166,60 +172,133 @@ def conversion_record(source_path, converted, scores, replaced, settings: dict, 
     }
 
 
-def convert_folder(model: str | os.PathLike, out: str | os.PathLike, *, ratio: float | None = None,
-                   threshold: float | None = None, mixer: str = "mamba2", init: str = "zero",
-                   select: str = "recency", seed: int = 0, profile: str | None = None, gates: str | None = None,
-                   data: str | None = None, window: int = 32, num_sequences: int = 16, seq_len: int = 512,
-                   mixer_kwargs: dict | None = None, allow_empty_layers: bool = False, overwrite: bool = False,
-                   progress: bool = True) -> dict:
+@dataclass
+class RecurFormerConvertConfig:
+    """`slimkv recurformer convert`: which KV units of a pretrained model to replace, and with what (`convert`)."""
+
+    # HF model folder of the Llama, Qwen2 or Mistral family
+    model: str = setting(metavar="DIR")
+    # output folder (loads with from_pretrained after `import slimkv`): new, empty, or an earlier output of this
+    # command
+    out: str = setting(metavar="DIR")
+    # replace a non-empty --out this command did not write (only once the new output is complete)
+    overwrite: bool = False
+    # fraction of KV units to replace (give exactly one of --ratio and --threshold)
+    ratio: Optional[float] = fraction_field()
+    # replace every unit with score >= this (give exactly one of --ratio and --threshold)
+    threshold: Optional[float] = None
+    # the branch that replaces the units (registry in layers/branches.py: mamba2, ddts, window, ...)
+    mixer: str = "mamba2"
+    # zero: branch output projection zero (= pruning at step 0); attention: reuse W_q/W_k/W_v (mamba2)
+    init: Init = "zero"
+    # rank units by recency ratio or by learned gates (--gates), or pick them at random
+    select: Strategy = "recency"
+    # --select learned: the gates.json of a `recurformer train` stage-gates run
+    gates: Optional[str] = setting(None, metavar="FILE")
+    # seed for --select random and the new weights
+    seed: int = ranged(0, ge=0)
+    # a profile JSON from `slimkv recurformer profile` (none: one is computed on the calibration text)
+    profile: Optional[str] = setting(None, metavar="FILE")
+    # calibration text when no --profile is given (none: the corpus train split)
+    data: Optional[str] = setting(None, metavar="FILE")
+    # k of the recency ratio used for ranking
+    window: int = ranged(32, ge=1)
+    # calibration sequences when no --profile is given
+    num_sequences: int = ranged(16, ge=1)
+    # tokens per calibration sequence
+    seq_len: int = ranged(512, ge=2)
+    # --mixer window: previous tokens each replaced head sees
+    attn_window: int = ranged(64, ge=1)
+    # --mixer window: first tokens always visible (sinks)
+    attn_sinks: int = ranged(4, ge=0)
+    # --mixer mamba2: state size N (none: the head dim)
+    state_size: Optional[int] = ranged(None, ge=1)
+    # allow replacing every KV unit of a layer (models with one KV head per layer)
+    allow_empty_layers: bool = False
+
+    def mixer_kwargs(self) -> dict:
+        """The options of the --mixer branch that this config sets."""
+        if self.mixer == "mamba2" and self.state_size:
+            return {"state_size": self.state_size}
+        if self.mixer == "window":
+            return {"window": self.attn_window, "sinks": self.attn_sinks}
+        return {}
+
+
+@dataclass
+class Conversion:
+    """What `convert` wrote: the folder and its conversion.json record."""
+
+    folder: Path
+    record: dict
+
+    def summary(self) -> str:
+        c4k = self.record["cache_bytes"]["4096"]
+        return (f"replaced {self.record['num_replaced']}/{self.record['num_units']} KV units with "
+                f"{self.record['mixer']} branches; cache at 4K tokens {c4k['original'] / 2**20:.1f} MiB -> "
+                f"{c4k['converted'] / 2**20:.1f} MiB ({100 * c4k['saved_fraction']:.1f}% saved); wrote {self.folder}")
+
+
+def check_convert_config(config: RecurFormerConvertConfig) -> None:
+    """Ranges, then the rules across fields (one line each, naming the options)."""
+    from ..layers.branches import branch_names
+
+    check_ranges(config)
+    if (config.ratio is None) == (config.threshold is None):
+        raise ValueError("give exactly one of --ratio and --threshold")
+    if config.mixer not in branch_names():
+        raise ValueError(f"--mixer must be one of {list(branch_names())}, got {config.mixer!r}"
+                         + did_you_mean(config.mixer, branch_names()))
+    if config.select == "learned" and not config.gates:
+        raise ValueError("--select learned ranks units by trained gates: pass --gates <run>/model/gates.json")
+
+
+def convert(config: RecurFormerConvertConfig, progress: bool = True) -> Conversion:
     """`slimkv recurformer convert`: score the units (a profile JSON, gates.json, or a fresh recency profile on
-    calibration text), select, build, save to `out` with conversion.json; returns that record."""
+    calibration text), select, build, save to `config.out` with conversion.json."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from ..io import check_output_folder
     from .profile import RecencyProfile, calibration_batches, profile_model
     from .select import learned_scores, select_units
 
+    check_convert_config(config)
+    model, ratio, threshold, window = config.model, config.ratio, config.threshold, config.window
     if not Path(model, "config.json").is_file():
         raise FileNotFoundError(f"no HF model folder at {model} (config.json missing)")
     # refuse a protected `out` now, not after the profile and the conversion
-    guard = dict(command="recurformer convert", overwrite=overwrite, sources=(model,))
-    check_output_folder(out, **guard)
-    config = AutoConfig.from_pretrained(model)
-    check_family(config)
-    if ratio is not None and not (0.0 <= ratio < 1.0):
-        raise ValueError(f"--ratio must be in [0, 1) (a fraction of KV units to replace); got {ratio}")
-    branch_class(mixer)
-    geo = attention_geometry(config)
-    if geo.num_kv_heads == 1 and not allow_empty_layers and (threshold is not None or ratio):
+    guard = dict(command="recurformer convert", overwrite=config.overwrite, sources=(model,))
+    check_output_folder(config.out, **guard)
+    source_config = AutoConfig.from_pretrained(model)
+    check_family(source_config)
+    geo = attention_geometry(source_config)
+    if geo.num_kv_heads == 1 and not config.allow_empty_layers and (threshold is not None or ratio):
         select_units([[1.0]] * geo.num_layers, ratio, threshold)  # raises the explained error
-    if select == "learned" and not gates:
-        raise ValueError("--select learned ranks units by trained gates: pass --gates <run>/model/gates.json")
     source = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(model)
-    if select == "learned":
-        scores = learned_scores(gates, geo.num_layers, geo.num_kv_heads)
-    elif profile:
-        found = RecencyProfile.from_json(json.loads(Path(profile).read_text()))
+    if config.select == "learned":
+        scores = learned_scores(config.gates, geo.num_layers, geo.num_kv_heads)
+    elif config.profile:
+        found = RecencyProfile.from_json(json.loads(Path(config.profile).read_text()))
         if (found.num_layers, found.num_kv_heads) != (geo.num_layers, geo.num_kv_heads):
-            raise ValueError(f"{profile} profiles a different model ({found.num_layers} layers x "
+            raise ValueError(f"{config.profile} profiles a different model ({found.num_layers} layers x "
                              f"{found.num_kv_heads} units; this one has {geo.num_layers} x {geo.num_kv_heads})")
         if window not in found.unit_rr:
-            raise ValueError(f"{profile} has no scores for window {window}; it has {found.windows}")
+            raise ValueError(f"{config.profile} has no scores for window {window}; it has {found.windows}")
         scores = found.unit_rr[window]
     else:
         from .data import calibration_text
 
-        text, _ = calibration_text(data)
-        ids = calibration_batches(tokenizer, text, num_sequences, seq_len, window)
+        text, _ = calibration_text(config.data)
+        ids = calibration_batches(tokenizer, text, config.num_sequences, config.seq_len, window)
         scores = profile_model(source, ids, window=window, name=Path(model).name, progress=progress).unit_rr[window]
-    replaced = select_units(scores, ratio, threshold, select, seed, allow_empty_layers)
-    kwargs = dict(mixer_kwargs or {})
-    converted = build_converted(source, replaced, mixer, init, kwargs, seed)
+    replaced = select_units(scores, ratio, threshold, config.select, config.seed, config.allow_empty_layers)
+    kwargs = config.mixer_kwargs()
+    converted = build_converted(source, replaced, config.mixer, config.init, kwargs, config.seed)
     record = conversion_record(model, converted, scores, replaced, {
-        "mixer": mixer, "init": "pretrained" if branch_class(mixer).pretrained else init, "select": select,
-        "seed": seed, "ratio": ratio, "threshold": threshold, "window_k": window, "gates": gates,
-        "mixer_kwargs": kwargs,
+        "mixer": config.mixer, "init": "pretrained" if branch_class(config.mixer).pretrained else config.init,
+        "select": config.select, "seed": config.seed, "ratio": ratio, "threshold": threshold, "window_k": window,
+        "gates": config.gates, "mixer_kwargs": kwargs,
     }, source)
-    save_converted(converted, tokenizer, out, record, **guard)
-    return record
+    folder = save_converted(converted, tokenizer, config.out, record, **guard)
+    return Conversion(folder, record)

@@ -22,46 +22,84 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 import torch
 
+from ..config import check_ranges, did_you_mean, ranged, setting
 from ..io import atomic_write, atomic_write_text
+from .select import fraction_field
 
 logger = logging.getLogger(__name__)
 
 RECURRENT = ("mamba2", "ddts")
 
 
+Variant = Literal["original", "control", "window", "mamba2", "ddts", "random", "learned"]
+VARIANTS: tuple[str, ...] = get_args(Variant)
+
+
 @dataclass
 class ExperimentPlan:
-    out: str = "runs/recurformer/cpu"
+    """`slimkv recurformer experiment`: which variants to build, train and evaluate, and how (`run_experiments`)."""
+
+    # output folder: profile, conversions, training runs, results.json / results.md / results.png
+    out: str = setting("runs/recurformer/cpu", metavar="DIR")
     # the pretrained model folder ("" = slimkv fetch smollm2)
-    model: str = ""
-    ratio: float = 0.5
+    model: str = setting("", metavar="DIR")
+    # share of KV units every converted variant replaces
+    ratio: float = fraction_field(0.5)
+    # training config of every run (a YAML file or a shipped preset name, recurformer/config.py)
     preset: str = "smollm2-cpu"
-    # variants to run, in order (see the module docstring)
-    variants: tuple[str, ...] = ("original", "control", "window", "mamba2", "ddts", "random", "learned")
+    # variants to run, in order, from original, control, window, mamba2, ddts, random, learned (module docstring)
+    variants: tuple[Variant, ...] = setting(VARIANTS, metavar="VARIANT,...")
+    # the branch of the random and learned selections
     selection_branch: str = "mamba2"
-    # optimizer steps per stage; batch and length of every training step
-    gate_steps: int = 10
-    steps_a: int = 10
-    steps_b: int = 10
-    batch_size: int = 2
-    seq_len: int = 256
-    # further --section.field=value overrides for every training run
+    # optimizer steps of the gates run (the learned selection)
+    gate_steps: int = ranged(10, ge=1)
+    # optimizer steps of Stage A (recurrent branches only)
+    steps_a: int = ranged(10, ge=1)
+    # optimizer steps of Stage B (every trained variant and the control)
+    steps_b: int = ranged(10, ge=1)
+    # sequences per training step
+    batch_size: int = ranged(2, ge=1)
+    # tokens per training sequence
+    seq_len: int = ranged(256, ge=16)
+    # further --section.field=value overrides for every training run (on the command line: the dotted items)
     overrides: tuple[str, ...] = ()
-    profile_sequences: int = 16
-    profile_seq_len: int = 512
-    # evaluation: held-out tokens (disjoint windows of eval_seq_len), passkey grid, HashHop problems
-    eval_tokens: int = 4096
-    eval_seq_len: int = 512
-    niah_lengths: tuple[int, ...] = (1024, 2048, 4096)
-    niah_depths: tuple[float, ...] = (0.25, 0.75)
-    hashhop: int = 8
-    cache_lengths: tuple[int, ...] = (4096, 16384)
-    extra: dict = field(default_factory=dict)
+    # calibration sequences of the recency profile
+    profile_sequences: int = ranged(16, ge=1)
+    # tokens per calibration sequence (longer than the window k = 32)
+    profile_seq_len: int = ranged(512, gt=32)
+    # held-out tokens of the perplexity (disjoint windows of eval_seq_len)
+    eval_tokens: int = ranged(4096, ge=1)
+    # tokens per perplexity window
+    eval_seq_len: int = ranged(512, ge=2)
+    # passkey retrieval: context lengths in tokens
+    niah_lengths: tuple[int, ...] = setting((1024, 2048, 4096), ge=1)
+    # passkey retrieval: needle depths, as fractions of the context
+    niah_depths: tuple[float, ...] = setting((0.25, 0.75), ge=0, le=1)
+    # HashHop problems per model (0 = skip HashHop)
+    hashhop: int = ranged(8, ge=0)
+    # context lengths at which the cache bytes are counted
+    cache_lengths: tuple[int, ...] = setting((4096, 16384), ge=1)
+
+
+def check_plan(plan: ExperimentPlan) -> None:
+    """Ranges, the branch name, and the training preset with the overrides, before any work (one line each)."""
+    from ..layers.branches import branch_names
+    from .config import load_recurformer_config
+
+    check_ranges(plan)
+    if not plan.variants:
+        raise ValueError("--variants is empty: name at least one of " + ", ".join(VARIANTS))
+    if plan.selection_branch not in branch_names():
+        raise ValueError(f"--selection-branch must be one of {list(branch_names())}, got {plan.selection_branch!r}"
+                         + did_you_mean(plan.selection_branch, branch_names()))
+    # every run loads the preset with these overrides after its own; a bad one fails now, not after the profile
+    load_recurformer_config(plan.preset, ["--recurformer.student=checked-later", *plan.overrides])
 
 
 def _train(plan: ExperimentPlan, name: str, student: Path, stage: str, steps: int, control: bool = False) -> Path:
@@ -83,34 +121,27 @@ def _train(plan: ExperimentPlan, name: str, student: Path, stage: str, steps: in
 
 def _convert(plan: ExperimentPlan, name: str, source: Path, mixer: str, select: str, profile: Path,
              gates: Path | None) -> Path:
-    from .convert import convert_folder
+    from .convert import RecurFormerConvertConfig, convert
 
     out = Path(plan.out) / "converted" / name
     if not (out / "conversion.json").is_file():
-        kwargs = {"window": 64, "sinks": 4} if mixer == "window" else {}
-        convert_folder(source, out, ratio=plan.ratio, mixer=mixer, select=select, profile=str(profile),
-                       gates=str(gates) if gates else None, mixer_kwargs=kwargs, progress=False)
+        convert(RecurFormerConvertConfig(model=str(source), out=str(out), ratio=plan.ratio, mixer=mixer,
+                                         select=select, profile=str(profile), gates=str(gates) if gates else None),
+                progress=False)
     return out
 
 
 def build_variants(plan: ExperimentPlan, source: Path) -> dict[str, Path]:
     """Profile, gates, conversions and training of every variant -> {variant: model folder}."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from .data import calibration_text
-    from .profile import calibration_batches, plot_heatmap, profile_model, write_json
+    from .profile import ProfileConfig
+    from .profile import profile as profile_units
 
     out = Path(plan.out)
     profile = out / "profile.json"
     if not profile.is_file():
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
-        text, where = calibration_text()
-        ids = calibration_batches(AutoTokenizer.from_pretrained(source), text, plan.profile_sequences,
-                                  plan.profile_seq_len, 32)
-        result = profile_model(model, ids, name=source.name, progress=False)
-        result.calibration_text = where
-        write_json(result.to_json(), profile)
-        plot_heatmap(result, out / "profile.png")
+        profile_units(ProfileConfig(model=str(source), num_sequences=plan.profile_sequences,
+                                    seq_len=plan.profile_seq_len, json=str(profile), png=str(out / "profile.png")),
+                      progress=False)
     folders: dict[str, Path] = {}
     gates = None
     for variant in plan.variants:
@@ -164,6 +195,8 @@ def evaluate_folder(folder: Path, plan: ExperimentPlan, heldout: torch.Tensor, d
 
 
 def run_experiments(plan: ExperimentPlan) -> dict:
+    """Build, train and evaluate every variant of `plan` (skipping the steps whose outputs exist); returns the
+    results (what results.json holds)."""
     from transformers import AutoTokenizer
 
     from ..machine import machine_header
@@ -171,6 +204,7 @@ def run_experiments(plan: ExperimentPlan) -> dict:
     from ..data.pretrained import fetch_smollm2
     from ..eval.perplexity import encode_text
 
+    check_plan(plan)
     out = Path(plan.out)
     out.mkdir(parents=True, exist_ok=True)
     source = Path(plan.model) if plan.model else fetch_smollm2()

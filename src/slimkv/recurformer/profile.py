@@ -1,5 +1,7 @@
 """Recency ratio of every attention head and KV unit of a pretrained decoder, on calibration text.
 
+    result = profile(ProfileConfig(model="data/models/smollm2-135m-instruct", json="profile.json"))
+
 legend: B batch, T time, H query heads, Hk KV heads (units), D head dim, W number of windows
 
     RR_h(k) = mean over queries i >= k of  sum_{i-k <= j <= i} softmax_j(q_i . k_j * scale)
@@ -15,9 +17,12 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
 
 import torch
 
+from ..config import check_ranges, ranged, setting
 from ..io import atomic_write, atomic_write_text
 from ..models.recurformer import attention_geometry, check_family
 from ..ops.rope import apply_rope
@@ -195,6 +200,55 @@ def profile_model(model, input_ids: torch.Tensor, windows=DEFAULT_WINDOWS, windo
         head_rr={w: head[:, i].tolist() for i, w in enumerate(windows)},
         unit_rr={w: unit[:, i].tolist() for i, w in enumerate(windows)},
     )
+
+
+@dataclass
+class ProfileConfig:
+    """`slimkv recurformer profile`: score every query head and KV unit of a pretrained model (`profile`)."""
+
+    # HF model folder of the Llama, Qwen2 or Mistral family (e.g. data/models/smollm2-135m-instruct)
+    model: str = setting(metavar="DIR")
+    # calibration text file (none: the corpus train split, fetched if missing)
+    data: Optional[str] = setting(None, metavar="FILE")
+    # k: RR counts the attention mass on the last k + 1 keys (the table, the heatmap and convert's ranking use it)
+    window: int = ranged(32, ge=1)
+    # further k values scored in the same pass and stored in the JSON
+    windows: list[int] = setting(default_factory=lambda: list(DEFAULT_WINDOWS), ge=1)
+    # calibration sequences, spread evenly over the text
+    num_sequences: int = ranged(32, ge=1)
+    # tokens per calibration sequence
+    seq_len: int = ranged(512, ge=2)
+    # sequences per forward pass
+    batch_size: int = ranged(4, ge=1)
+    # write the profile as JSON here (what `recurformer convert --profile` reads)
+    json: Optional[str] = setting(None, metavar="FILE")
+    # write a heatmap (layers x KV units, layers x query heads) here
+    png: Optional[str] = setting(None, metavar="FILE")
+
+
+def profile(config: ProfileConfig, progress: bool = True) -> RecencyProfile:
+    """Load `config.model`, score it on the calibration text, write the JSON / PNG asked for; returns the profile."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from .data import calibration_text
+
+    check_ranges(config)
+    if not Path(config.model, "config.json").is_file():
+        raise FileNotFoundError(f"no HF model folder at {config.model} (config.json missing); try "
+                                "`slimkv fetch smollm2`")
+    check_family(AutoConfig.from_pretrained(config.model))
+    text, source = calibration_text(config.data)
+    model = AutoModelForCausalLM.from_pretrained(config.model, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(config.model)
+    ids = calibration_batches(tokenizer, text, config.num_sequences, config.seq_len, config.window)
+    result = profile_model(model, ids, config.windows, config.window, config.batch_size, progress=progress,
+                           name=Path(config.model).name)
+    result.calibration_text = source
+    if config.json:
+        write_json(result.to_json(), config.json)
+    if config.png:
+        plot_heatmap(result, config.png)
+    return result
 
 
 def format_table(profile: RecencyProfile) -> str:

@@ -10,11 +10,28 @@ Rule (shared/spec/recurformer.md): units are KV groups; rank them globally by sc
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from pathlib import Path
+from typing import Any, Literal, get_args
 
-STRATEGIES = ("recency", "learned", "random")
+from ..config import Range
+
+Strategy = Literal["recency", "learned", "random"]
+STRATEGIES: tuple[str, ...] = get_args(Strategy)
+
+
+class Fraction(Range):
+    """A `Range` written as the interval it is: "--ratio must be in [0, 1), got 1.0"."""
+
+    def describe(self) -> str:
+        return f"in [{self.ge:g}, {self.lt:g})"
+
+
+def fraction_field(default: float | None = None) -> Any:
+    """A field holding a fraction in [0, 1) (the share of KV units a conversion replaces)."""
+    return dataclasses.field(default=default, metadata={"range": Fraction(ge=0.0, lt=1.0)})
 
 
 def select_units(unit_scores: list[list[float]], ratio: float | None = None, threshold: float | None = None,
