@@ -2,7 +2,7 @@
 
     paths = fetch_reference(names=("gcide", "foldoc", "python-docs"))   # one JSONL of documents per source
 
-Sources (shared/spec/offline-assets.md), each pinned by version and sha256 and fetched with `apt-get download`
+Sources (docs/recurformer.md, "Training"), each pinned by version and sha256 and fetched with `apt-get download`
 (data/sources.py `download_archive`); extractors read only the archive:
 
     gcide, foldoc      dictd databases (`.dict.dz` + `.index`): consecutive entries joined into ~64 KB documents

@@ -1,6 +1,6 @@
 """Which KV units a conversion replaces: ranked by a score (recency ratio, or learned gates), or at random.
 
-Rule (shared/spec/recurformer.md): units are KV groups; rank them globally by score, replace a fraction `ratio`
+Rule (docs/recurformer.md, "Selection"): units are KV groups; rank them globally by score, replace a fraction `ratio`
 (or every unit with score >= `threshold`), keeping at least one attention unit per layer. Scores:
 
     recency   RR of the unit's query heads at window k (recurformer/profile.py): attention mass on the last k + 1 keys

@@ -7,7 +7,7 @@ recipe (slimkv/train/recipe.py): bf16 autocast, activation checkpointing, FSDP2 
 safety, JSONL + TensorBoard all come from the trainer. The teacher is a frozen copy held outside the module tree (not
 trained, not checkpointed, not sharded; moved with the module).
 
-- gates (DuoAttention, shared/spec/evaluations.md): every KV unit of the ORIGINAL model gets a gate alpha in [0, 1]
+- gates (DuoAttention; docs/recurformer.md, "Training"): every KV unit of the ORIGINAL model gets a gate alpha in [0, 1]
   mixing its full attention with streaming attention (sinks + window); loss = relative L2 between the gated and
   the ungated final hidden states + gate_sparsity x mean(alpha). Units with the lowest alpha stream best: the
   export writes gates.json, whose `unit_scores` (1 - alpha) `slimkv recurformer convert --select learned` ranks.
