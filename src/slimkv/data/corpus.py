@@ -30,7 +30,7 @@ from typing import Callable, Iterable
 
 from tqdm import tqdm
 
-from slimkv.data.files import FetchError, atomic_write_bytes, data_root, sha256_file
+from slimkv.data.files import FetchError, atomic_write_bytes, data_root, load_manifest, sha256_file
 from slimkv.data.sources import (BROWN_GENRES, DEFAULT_SOURCES, SOURCES, Document, Source, detokenise_brown,
                                  download_archive, heldout_description, is_heldout, normalise_text)
 
@@ -83,13 +83,6 @@ def _parse_sources(sources: Iterable[str] | str | None) -> list[str]:
                          f"known: {', '.join(SOURCES)}")
     return list(dict.fromkeys(names))
 
-
-def _load_manifest(path: Path) -> dict:
-    try:
-        manifest = json.loads(path.read_text("utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return manifest if manifest.get("format") == MANIFEST_FORMAT else {}
 
 
 def _file_matches(data_dir: Path, entry: dict | None) -> bool:
@@ -159,7 +152,7 @@ def fetch_corpus(data_dir: Path | str | None = None, sources: Iterable[str] | st
     corpus_dir = data_dir / "corpus"
     downloads_dir = data_dir / "downloads" / "corpus"
     manifest_path = corpus_dir / "manifest.json"
-    old = _load_manifest(manifest_path)
+    old = load_manifest(manifest_path, MANIFEST_FORMAT)
     old_sources = old.get("sources", {})
     # before any download: a hand-edited split stops the fetch with nothing changed
     _refuse_hand_edited_splits(data_dir, old.get("splits", {}))

@@ -6,6 +6,7 @@ shards, pretrained models, RecurFormer text): the folder given, else `$SLIMKV_DA
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -36,3 +37,12 @@ def sha256_file(path: str | os.PathLike, progress: bool = False) -> str:
             digest.update(block)
             bar.update(len(block))
     return digest.hexdigest()
+
+
+def load_manifest(path: str | os.PathLike, format_version: int) -> dict:
+    """A cache folder's manifest.json, or {} when it is missing, unreadable or of another format (so it is rebuilt)."""
+    try:
+        manifest = json.loads(Path(path).read_text("utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return manifest if isinstance(manifest, dict) and manifest.get("format") == format_version else {}

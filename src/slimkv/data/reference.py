@@ -19,7 +19,6 @@ training at lengths of 2K tokens and more needs (slimkv/recurformer/data.py).
 """
 from __future__ import annotations
 
-import base64
 import gzip
 import html.parser
 import json
@@ -29,7 +28,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
-from slimkv.data.files import FetchError, atomic_write_bytes, data_root, sha256_file
+from slimkv.data.files import FetchError, atomic_write_bytes, data_root, load_manifest, sha256_file
 from slimkv.data.sources import Document, Source, download_archive, normalise_text
 
 # characters per document when a source is a list of short entries (dictionaries): about 16K tokens
@@ -212,12 +211,7 @@ def fetch_reference(data_dir: Path | str | None = None, names: Sequence[str] = D
     root = data_root(data_dir).resolve()
     folder = root / "reference"
     manifest_path = folder / "manifest.json"
-    try:
-        manifest = json.loads(manifest_path.read_text("utf-8"))
-    except (OSError, ValueError):
-        manifest = {}
-    if manifest.get("format") != MANIFEST_FORMAT:
-        manifest = {"format": MANIFEST_FORMAT, "sources": {}}
+    manifest = load_manifest(manifest_path, MANIFEST_FORMAT) or {"format": MANIFEST_FORMAT, "sources": {}}
     paths = []
     for name in dict.fromkeys(names):
         source, target = REFERENCE_SOURCES[name], folder / f"{name}.jsonl"

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from slimkv.data.files import atomic_write_bytes, data_root, sha256_file
+from slimkv.data.files import atomic_write_bytes, data_root, load_manifest, sha256_file
 
 DOCUMENT_SEPARATOR = "\n\n\n"
 SPLITS = ("train", "heldout")
@@ -240,13 +240,6 @@ def _join(docs: list[str]) -> bytes:
     return (DOCUMENT_SEPARATOR.join(docs) + "\n").encode("utf-8")
 
 
-def _load_manifest(path: Path) -> dict:
-    try:
-        manifest = json.loads(path.read_text("utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return manifest if manifest.get("format") == FORMAT else {}
-
 
 def prepare_user_text(paths: Sequence[str | os.PathLike], data_dir: str | os.PathLike | None = None,
                       text_field: str = "text", heldout_fraction: float = 0.1) -> UserTextInfo:
@@ -263,7 +256,7 @@ def prepare_user_text(paths: Sequence[str | os.PathLike], data_dir: str | os.Pat
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
     folder = data_dir / "files" / key[:16]
     manifest_path = folder / "manifest.json"
-    old = _load_manifest(manifest_path)
+    old = load_manifest(manifest_path, FORMAT)
     if old.get("key") == key and all((folder / f"{s}.txt").is_file()
                                      and sha256_file(folder / f"{s}.txt") == old["splits"][s]["sha256"]
                                      for s in SPLITS):
