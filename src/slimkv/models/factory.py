@@ -125,10 +125,12 @@ def _llama_config(arch: str, vocab_size: int, num_hidden_layers: int, options: d
                          f"({num_heads})")
     shared = {k: options[k] for k in ("max_position_embeddings", "tie_word_embeddings", "initializer_range")
               if k in options}
+    # no special-token ids until export takes them from the tokenizer (train/hf_export.py): LlamaConfig's own
+    # defaults (bos 1, eos 2) are Llama's tokenizer's and make transformers warn about an out-of-vocabulary eos
     return LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=num_hidden_layers,
                        intermediate_size=options.get("intermediate_size") or llama_intermediate_size(hidden),
                        num_attention_heads=num_heads, num_key_value_heads=kv_heads, rms_norm_eps=1e-5,
-                       use_cache=True, **shared, **extra)
+                       use_cache=True, **{"bos_token_id": None, "eos_token_id": None, **shared, **extra})
 
 
 def _llama_model(config):
