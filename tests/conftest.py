@@ -32,18 +32,9 @@ def _deterministic():
 
 
 @pytest.fixture
-def nan_empty(monkeypatch):
+def nan_empty():
     """Make torch.empty/empty_like return NaN-filled tensors, so reading unwritten memory fails the test."""
-    real_empty, real_empty_like = torch.empty, torch.empty_like
+    from slimkv.bench.harness import nan_filled_empty
 
-    def empty(*args, **kwargs):
-        t = real_empty(*args, **kwargs)
-        return t.fill_(float("nan")) if t.is_floating_point() else t
-
-    def empty_like(*args, **kwargs):
-        t = real_empty_like(*args, **kwargs)
-        return t.fill_(float("nan")) if t.is_floating_point() else t
-
-    monkeypatch.setattr(torch, "empty", empty)
-    monkeypatch.setattr(torch, "empty_like", empty_like)
-    yield
+    with nan_filled_empty():
+        yield

@@ -42,17 +42,6 @@ def test_chunked_prefill_and_steps_match_one_forward_in_float64(block_type):
     assert cache.seen_tokens == 30
 
 
-@pytest.mark.parametrize("block_type", ["mamba2", "gla"])
-def test_left_padding_equals_each_prompt_alone(block_type):
-    model = make(block_type)
-    a, b = torch.randint(0, VOCAB, (1, 12)), torch.randint(0, VOCAB, (1, 5))
-    ids = torch.cat([a, torch.cat([torch.zeros(1, 7, dtype=torch.long), b], 1)])
-    mask = torch.ones_like(ids)
-    mask[1, :7] = 0
-    both = model.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False)
-    assert torch.equal(both[0], model.generate(a, max_new_tokens=6, do_sample=False)[0])
-    assert torch.equal(both[1, 7:], model.generate(b, max_new_tokens=6, do_sample=False)[0])
-
 
 @pytest.mark.parametrize("block_type", ["mamba2", "gla"])
 def test_save_load_and_state_stays_float32(block_type, tmp_path):

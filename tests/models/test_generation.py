@@ -83,8 +83,9 @@ def test_transformers_loop_also_uses_the_cache(block_type, monkeypatch):
     assert len(out.scores) == 9 and output_cache(out).seen_tokens == 11 + 8
 
 
-def test_left_padded_batch_equals_each_prompt_alone():
-    model = make_model("rodimus_plus")
+@pytest.mark.parametrize("block_type", ["rodimus_plus", "mamba2", "gla"])
+def test_left_padded_batch_equals_each_prompt_alone(block_type):
+    model = make_model(block_type)
     a, b = torch.randint(0, VOCAB, (1, 13)), torch.randint(0, VOCAB, (1, 6))
     ids = torch.cat([a, torch.cat([torch.zeros(1, 7, dtype=torch.long), b], 1)])
     mask = torch.ones_like(ids)

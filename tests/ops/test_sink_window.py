@@ -8,20 +8,7 @@ from hypothesis import strategies as st
 from slimkv.ops.window_attn import window_attention, window_attention_reference, window_decode
 from slimkv.ops.window_attn.flex import window_attention_flex
 
-from .test_window_attn import HEAD_LAYOUTS, left_padding, make_inputs
-
-
-def naive_row(q, k, v, b, i, h, window, sinks, pad):
-    """One query from the definition: keys j <= i that are real and either within the window or among the row's
-    first `sinks` real keys."""
-    H, Hk, Hv = q.shape[2], k.shape[2], v.shape[2]
-    real = [j for j in range(q.shape[1]) if pad is None or pad[b, j]]
-    keys = [j for j in real if j <= i and (i - j <= window or real.index(j) < sinks)]
-    if not keys:
-        return torch.zeros(v.shape[-1], dtype=v.dtype)
-    scores = torch.stack([q[b, i, h] @ k[b, j, h // (H // Hk)] for j in keys]) * q.shape[-1] ** -0.5
-    weights = torch.softmax(scores, dim=0)
-    return sum(w * v[b, j, h // (H // Hv)] for w, j in zip(weights, keys))
+from .test_window_attn import HEAD_LAYOUTS, left_padding, make_inputs, naive_row
 
 
 def test_reference_matches_definition_with_left_padding():
@@ -32,7 +19,7 @@ def test_reference_matches_definition_with_left_padding():
         for b in range(2):
             for i in range(13):
                 for h in range(4):
-                    want = naive_row(q, k, v, b, i, h, window, sinks, pad)
+                    want = naive_row(q, k, v, b, i, h, window, pad, sinks)
                     torch.testing.assert_close(out[b, i, h], want)
 
 

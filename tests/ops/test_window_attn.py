@@ -31,11 +31,12 @@ def left_padding(lengths, T):
     return positions >= (T - torch.tensor(lengths)).unsqueeze(1)
 
 
-def naive_row(q, k, v, b, i, h, window, pad):
-    """Output of one query, written from the definition with a Python loop over visible keys."""
+def naive_row(q, k, v, b, i, h, window, pad, sinks=0):
+    """Output of one query, written from the definition with a Python loop over visible keys: keys j <= i that are
+    real and either within the window (None: unbounded) or among the row's first `sinks` real keys."""
     H, Hk, Hv = q.shape[2], k.shape[2], v.shape[2]
-    lo = 0 if window is None else max(0, i - window)
-    keys = [j for j in range(lo, i + 1) if pad is None or pad[b, j]]
+    real = [j for j in range(q.shape[1]) if pad is None or pad[b, j]]
+    keys = [j for j in real if j <= i and (window is None or i - j <= window or real.index(j) < sinks)]
     if not keys:
         return torch.zeros(v.shape[-1], dtype=v.dtype)
     scores = torch.stack([q[b, i, h] @ k[b, j, h // (H // Hk)] for j in keys]) * q.shape[-1] ** -0.5

@@ -10,6 +10,8 @@ import slimkv  # noqa: F401  (registers the Auto classes)
 from slimkv.models.recurformer import RecurFormerForCausalLM, attention_geometry
 from slimkv.recurformer.convert import build_converted, cache_bytes, save_converted
 
+from tests.models.test_generation import Spy
+
 from .conftest import tiny_source
 
 OPTIONS = {"mamba2": {}, "ddts": {}, "window": {"window": 4, "sinks": 2}}
@@ -94,25 +96,6 @@ def test_window_branch_equals_the_source_while_its_window_covers_everything(fami
     with torch.no_grad():
         torch.testing.assert_close(wide(ids).logits, source(ids).logits, rtol=0, atol=2e-5)
         assert (short(ids).logits - source(ids).logits).abs().max() > 1e-4
-
-
-class Spy:
-    """Counts the tokens of every forward and every decode step of a model."""
-
-    def __init__(self, model, monkeypatch):
-        self.forward_tokens, self.steps = [], 0
-        forward, step = model.forward, model.model.decode_step
-
-        def counted_forward(*args, **kwargs):
-            self.forward_tokens.append(kwargs.get("input_ids", args[0] if args else None).shape[1])
-            return forward(*args, **kwargs)
-
-        def counted_step(*args, **kwargs):
-            self.steps += 1
-            return step(*args, **kwargs)
-
-        monkeypatch.setattr(model, "forward", counted_forward)
-        monkeypatch.setattr(model.model, "decode_step", counted_step)
 
 
 @pytest.mark.parametrize("family,mixer", CASES)
