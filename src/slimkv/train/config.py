@@ -223,6 +223,13 @@ def run_config_from_dict(data: dict, overrides: typing.Sequence[str] = ()) -> Ru
     return config
 
 
+def check_seq_len(seq_len: int, limit: int | None) -> None:
+    """Training sequences must fit the model's position limit (None: the model has none)."""
+    if limit is not None and seq_len > limit:
+        raise ValueError(f"config field 'data.seq_len' ({seq_len}) exceeds the model's position limit "
+                         f"'model.max_position_embeddings' ({limit})")
+
+
 def validate(config: RunConfig, check_model: bool = True) -> None:
     """Every field's range, then the model config built from the model section, then the rules that span
     sections; each failure names the field in one line. `check_model=False`: a run whose model is not the model
@@ -239,9 +246,7 @@ def validate(config: RunConfig, check_model: bool = True) -> None:
     if getattr(data, "source", None) == "synthetic" and data.synthetic_tokens < data.seq_len + 1:
         raise ValueError(f"config field 'data.synthetic_tokens' ({data.synthetic_tokens}) must be at least "
                          f"'data.seq_len' + 1 ({data.seq_len + 1})")
-    if limit is not None and data.seq_len > limit:
-        raise ValueError(f"config field 'data.seq_len' ({data.seq_len}) exceeds the model's position limit "
-                         f"'model.max_position_embeddings' ({limit})")
+    check_seq_len(data.seq_len, limit)
     if train.batch_size % train.micro_batch_size:
         raise ValueError(f"config field 'train.batch_size' ({train.batch_size}) must be a multiple of "
                          f"'train.micro_batch_size' ({train.micro_batch_size})")

@@ -31,7 +31,7 @@ from ..device import resolve_device
 from ..errors import UserError, os_error_message
 from . import checkpoint as ckpt
 from .batches import BatchPlan
-from .config import RunConfig, validate
+from .config import RunConfig, check_seq_len, validate
 from .data_sources import DataSources, build_sources
 from .export import copy_tokenizer
 from .factory import count_parameters
@@ -110,10 +110,8 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         np.random.seed(cfg.train.seed)
         model = self.recipe.build_model(cfg, vocab_size)
-        limit = getattr(model.config, "max_position_embeddings", None)
-        if limit is not None and cfg.data.seq_len > limit:
-            raise ValueError(f"config field 'data.seq_len' ({cfg.data.seq_len}) exceeds the model's position limit "
-                             f"max_position_embeddings ({limit})")
+        # a recipe's model is only known now (its limit is not the model section's)
+        check_seq_len(cfg.data.seq_len, getattr(model.config, "max_position_embeddings", None))
         self.params = count_parameters(model)
         model.to(self.device)
         self.model = parallelize(model, parallel=cfg.train.parallel, device=self.device,
