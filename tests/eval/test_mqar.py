@@ -231,3 +231,30 @@ def test_sweep_cli_writes_json_and_png(tmp_path, capsys):
     assert main(argv) == 2
     assert "already holds" in capsys.readouterr().err
     assert main(["eval", "mqar", "--train", "8x9", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_parts_run_apart_merge_into_one_sweep(tmp_path, capsys):
+    """One process per arch (the GPU recipe of docs/evaluations.md), then --merge: every run kept, best recomputed."""
+    from slimkv.cli.main import main
+
+    common = ["--state-sizes", "4", "--d-models", "16", "--lrs", "1e-2", "--vocab-size", "16", "--train", "8x2:64",
+              "--test", "8x2:16,16x4:8", "--steps", "2", "--batch-size", "8", "--device", "cpu", "--quiet"]
+    for arch in ("rodimus", "llama"):
+        assert main(["eval", "mqar", "--archs", arch, "--out", str(tmp_path / arch), *common]) == 0
+    parts = [json.loads((tmp_path / a / "mqar.json").read_text()) for a in ("rodimus", "llama")]
+    out = tmp_path / "merged"
+    assert main(["eval", "mqar", "--merge", f"{tmp_path / 'rodimus'},{tmp_path / 'llama'}", "--out", str(out)]) == 0
+    merged = json.loads((out / "mqar.json").read_text())
+    assert merged["runs"] == parts[0]["runs"] + parts[1]["runs"]
+    assert [(b["arch"], b["accuracy"]) for b in merged["best"]] == [
+        (b["arch"], b["accuracy"]) for b in sorted(parts[1]["best"] + parts[0]["best"], key=lambda b: b["arch"])]
+    assert len(merged["parts"]) == 2 and (out / "mqar.png").is_file()
+    # a part of another protocol does not merge silently
+    other = json.loads((tmp_path / "llama" / "mqar.json").read_text())
+    other["target"] = "8x2"
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "mqar.json").write_text(json.dumps(other))
+    capsys.readouterr()
+    assert main(["eval", "mqar", "--merge", f"{tmp_path / 'rodimus'},{tmp_path / 'other'}",
+                 "--out", str(tmp_path / "bad")]) == 2
+    assert "different protocols" in capsys.readouterr().err

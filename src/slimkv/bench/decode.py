@@ -30,6 +30,7 @@ from typing import Literal, Optional
 import torch
 
 from ..config import ranged, setting
+from ..eval.speed import decode_ms_per_token, greedy_generate as _generate, timed_call as _timed
 from .harness import machine_header, sync, write_json, write_png
 
 logger = logging.getLogger(__name__)
@@ -112,33 +113,6 @@ def build_model(kind: str, max_positions: int, tiny: bool = False, **overrides):
                       tie_word_embeddings=True, max_position_embeddings=max_positions, attn_implementation="sdpa")
         return LlamaForCausalLM(LlamaConfig(**{**fields, **overrides}))
     raise ValueError(f"bench decode: unknown model {kind!r}; choose rodimus, rodimus_plus or llama")
-
-
-def _timed(fn, device) -> float:
-    """Wall seconds of one call, the device synchronised before and after (generate() includes host work)."""
-    sync(device)
-    start = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - start
-
-
-def _generate(model, ids, new: int, **kwargs):
-    return model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new,
-                          do_sample=False, pad_token_id=0, **kwargs)
-
-
-def decode_ms_per_token(model, ids, new: int, repeats: int, kwargs_fn=dict) -> dict:
-    """Median over `repeats` of (t(new) - t(1)) / (new - 1): the prefill cancels out. kwargs_fn() gives each
-    generate() call its extra arguments (a fresh static cache for Llama's best path)."""
-    device = ids.device
-    full, one = [], []
-    for _ in range(repeats):
-        one.append(_timed(lambda: _generate(model, ids, 1, **kwargs_fn()), device))
-        full.append(_timed(lambda: _generate(model, ids, new, **kwargs_fn()), device))
-    per_token = [(f - o) / (new - 1) * 1e3 for f, o in zip(full, one)]
-    return {"ms_per_token": statistics.median(per_token), "ms_per_token_runs": per_token,
-            "prefill_s": statistics.median(one), "tokens_per_s": ids.shape[0] * 1e3 / statistics.median(per_token)}
 
 
 def prefill_stats(model, ids) -> dict:

@@ -29,6 +29,7 @@ from ..config import setting
 from ..errors import UserError
 from ..io import atomic_write, atomic_write_text
 from ..machine import device_slug, git_commit, machine_header  # noqa: F401  (re-exported)
+from ..eval.speed import sync  # noqa: F401  (re-exported: the benchmarks time with it)
 
 RUNS = Path("runs") / "bench"
 RESULTS = Path("benchmarks") / "results"
@@ -43,11 +44,6 @@ def run_folder(subject: str, out: str | Path | None = None) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------ timing
-def sync(device: torch.device | str) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def timed(fn: Callable[[], Any], device: torch.device | str) -> float:
     """Seconds of one call of `fn`: CUDA events on a GPU (queued work included), perf_counter elsewhere."""
     device = torch.device(device)

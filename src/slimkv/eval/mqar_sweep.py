@@ -12,6 +12,7 @@ passed to the Hugging Face config through `model.extra`, so a new arch slots in 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import shutil
@@ -116,6 +117,9 @@ class MQARSweepConfig:
     # the model config field that sets each arch's state size (ARCH= for none), e.g. mamba2=state_size
     state_fields: dict[str, Optional[str]] = setting(default_factory=lambda: dict(STATE_FIELDS),
                                                      flags=("--state-field",), metavar="ARCH=FIELD")
+    # instead of training: merge the mqar.json of these sweep folders (parts of one grid run side by side, e.g. one
+    # process per arch on one GPU) into --out
+    merge: tuple[str, ...] = setting((), metavar="DIR,...")
 
     def __post_init__(self) -> None:
         if self.epochs > 0:
@@ -281,15 +285,44 @@ def run_sweep(config: MQARSweepConfig, on_run: Callable[[int, int, dict], None] 
     }
 
 
+def merge_reports(reports: list[dict]) -> dict:
+    """One report from sweeps of the same protocol run apart (same target and test segments): every run, the best
+    over learning rates recomputed, and each part's header, config and seconds kept under "parts"."""
+    if not reports:
+        raise ValueError("nothing to merge: no MQAR reports given")
+    target = reports[0]["target"]
+    tests = reports[0]["config"]["test_segments"]
+    for report in reports[1:]:
+        if report["target"] != target or report["config"]["test_segments"] != tests:
+            raise ValueError(f"cannot merge MQAR sweeps of different protocols (target {report['target']!r} vs "
+                             f"{target!r}, or other test segments)")
+    runs = [run for report in reports for run in report["runs"]]
+    return {
+        "header": reports[0]["header"], "config": reports[0]["config"], "target": target,
+        "planned_runs": sum(r["planned_runs"] for r in reports),
+        "seconds": max(r["seconds"] for r in reports),
+        "runs": runs, "best": best_runs(runs, target), "paper_fig1b": reports[0]["paper_fig1b"],
+        "parts": [{"header": r["header"], "config": r["config"], "seconds": r["seconds"], "runs": len(r["runs"])}
+                  for r in reports],
+    }
+
+
 def sweep_to_folder(config: MQARSweepConfig, on_run: Callable[[int, int, dict], None] | None = None
                     ) -> tuple[dict, Path, Path]:
-    """`run_sweep`, then mqar.json and mqar.png into config.out_dir (refused when it already holds a sweep)."""
+    """`run_sweep` (or, with config.merge, `merge_reports` of those folders), then mqar.json and mqar.png into
+    config.out_dir (refused when it already holds a sweep)."""
     from ..io import write_json
 
     out = Path(config.out_dir)
     if (out / "mqar.json").exists():
         raise ValueError(f"{str(out)!r} already holds an MQAR sweep (mqar.json); choose another --out")
-    report = run_sweep(config, on_run=on_run)
+    if config.merge:
+        missing = [d for d in config.merge if not (Path(d) / "mqar.json").is_file()]
+        if missing:
+            raise ValueError(f"--merge: no mqar.json in {', '.join(missing)}")
+        report = merge_reports([json.loads((Path(d) / "mqar.json").read_text()) for d in config.merge])
+    else:
+        report = run_sweep(config, on_run=on_run)
     json_path = write_json(out / "mqar.json", report, indent=1)
     plot_sweep(report, out / "mqar.png")
     return report, json_path, out / "mqar.png"

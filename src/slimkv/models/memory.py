@@ -28,3 +28,15 @@ def transformer_kv_bytes(num_layers: int, num_kv_heads: int, head_dim: int, toke
 def rodimus_cache_bytes(model, batch: int = 1, dtype: torch.dtype = torch.bfloat16) -> int:
     """Bytes of the preallocated Rodimus/Rodimus+ cache; independent of the number of tokens by construction."""
     return model.allocate_cache(batch, dtype=dtype, device=torch.device("meta")).nbytes()
+
+
+def inference_state_bytes(model, tokens: int, batch: int = 1, dtype: torch.dtype = torch.bfloat16) -> int:
+    """Decode-cache bytes after `tokens` tokens: a slimkv model's preallocated cache (constant in `tokens`), or a
+    full-attention Transformer's KV cache from its config (grows with `tokens`)."""
+    if hasattr(model, "allocate_cache"):
+        return rodimus_cache_bytes(model, batch, dtype)
+    config = model.config
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return transformer_kv_bytes(config.num_hidden_layers, getattr(config, "num_key_value_heads", None) or heads,
+                                head_dim, tokens, batch, torch.empty((), dtype=dtype).element_size())

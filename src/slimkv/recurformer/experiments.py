@@ -29,6 +29,7 @@ from typing import Literal, get_args
 import torch
 
 from ..config import check_ranges, did_you_mean, ranged, setting
+from ..device import resolve_device
 from ..io import atomic_write, atomic_write_text
 from .select import fraction_field
 
@@ -85,6 +86,12 @@ class ExperimentPlan:
     hashhop: int = ranged(8, ge=0)
     # context lengths at which the cache bytes are counted
     cache_lengths: tuple[int, ...] = setting((4096, 16384), ge=1)
+    # decode speed: ms per generated token after a prompt of this many tokens (0 = not measured)
+    decode_context: int = ranged(0, ge=0)
+    # decode speed: tokens generated per timing
+    decode_tokens: int = ranged(64, ge=2)
+    # where the evaluations run: auto = cuda when present
+    device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
 def check_plan(plan: ExperimentPlan) -> None:
@@ -114,8 +121,10 @@ def _train(plan: ExperimentPlan, name: str, student: Path, stage: str, steps: in
                  f"--train.batch_size={plan.batch_size}", f"--train.micro_batch_size={plan.batch_size}",
                  f"--data.seq_len={plan.seq_len}", "--log.progress=false", *plan.overrides]
     config = load_recurformer_config(plan.preset, overrides)
-    logger.info("training %s: stage %s, %d steps", name, stage, steps)
-    train_recurformer(config, progress=False)
+    # a run stopped part-way (SIGTERM saves a checkpoint, slimkv/train/trainer.py) continues where it stopped
+    resume = True if any((run_dir / "checkpoints").glob("step-*")) else None
+    logger.info("training %s: stage %s, %d steps%s", name, stage, steps, " (resuming)" if resume else "")
+    train_recurformer(config, resume=resume, progress=False)
     return run_dir / "model"
 
 
@@ -131,8 +140,9 @@ def _convert(plan: ExperimentPlan, name: str, source: Path, mixer: str, select: 
     return out
 
 
-def build_variants(plan: ExperimentPlan, source: Path) -> dict[str, Path]:
-    """Profile, gates, conversions and training of every variant -> {variant: model folder}."""
+def iter_variants(plan: ExperimentPlan, source: Path):
+    """Profile, gates, conversions and training of every variant, in plan order: yields (variant, model folder) as
+    each one is ready, so the caller can evaluate it before the next one trains (a run cut short keeps its rows)."""
     from .profile import ProfileConfig
     from .profile import profile as profile_units
 
@@ -142,13 +152,12 @@ def build_variants(plan: ExperimentPlan, source: Path) -> dict[str, Path]:
         profile_units(ProfileConfig(model=str(source), num_sequences=plan.profile_sequences,
                                     seq_len=plan.profile_seq_len, json=str(profile), png=str(out / "profile.png")),
                       progress=False)
-    folders: dict[str, Path] = {}
     gates = None
     for variant in plan.variants:
         if variant == "original":
-            folders[variant] = source
+            yield variant, source
         elif variant == "control":
-            folders[variant] = _train(plan, "control", source, "B", plan.steps_b, control=True)
+            yield variant, _train(plan, "control", source, "B", plan.steps_b, control=True)
         else:
             mixer = plan.selection_branch if variant in ("random", "learned") else variant
             select = {"random": "random", "learned": "learned"}.get(variant, "recency")
@@ -157,25 +166,30 @@ def build_variants(plan: ExperimentPlan, source: Path) -> dict[str, Path]:
             folder = _convert(plan, variant, source, mixer, select, profile, gates)
             if mixer in RECURRENT:
                 folder = _train(plan, f"{variant}-A", folder, "A", plan.steps_a)
-            folders[variant] = _train(plan, f"{variant}-B", folder, "B", plan.steps_b)
-    return folders
+            yield variant, _train(plan, f"{variant}-B", folder, "B", plan.steps_b)
+
+
 
 
 def evaluate_folder(folder: Path, plan: ExperimentPlan, heldout: torch.Tensor, documents: list[str]) -> dict:
-    """Perplexity, passkey retrieval, HashHop and counted cache bytes of one model folder."""
+    """Perplexity, passkey retrieval, HashHop, counted cache bytes and (plan.decode_context > 0) decode ms/token
+    of one model folder, in float32 on plan's device."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .. import models  # noqa: F401  (registers RecurFormer with the Auto classes)
     from ..eval.niah import NIAHConfig, run_niah
     from ..eval.perplexity import token_nll
+    from ..eval.speed import decode_ms_per_token
     from . import hashhop
     from .convert import cache_bytes
 
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    device = resolve_device(plan.device)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     started = time.perf_counter()
     with torch.no_grad():
-        nll, count = token_nll(model, heldout, seq_len=plan.eval_seq_len, stride=plan.eval_seq_len, mode="sliding")
+        nll, count = token_nll(model, heldout.to(device), seq_len=plan.eval_seq_len, stride=plan.eval_seq_len,
+                               mode="sliding")
     row = {"ppl": math.exp(nll / count), "ppl_tokens": count, "ppl_seconds": round(time.perf_counter() - started, 1)}
     started = time.perf_counter()
     niah = run_niah(model, tokenizer, documents, NIAHConfig(lengths=plan.niah_lengths, depths=plan.niah_depths,
@@ -187,6 +201,14 @@ def evaluate_folder(folder: Path, plan: ExperimentPlan, heldout: torch.Tensor, d
         row["hashhop_exact_match"] = hashhop.evaluate(model, tokenizer, problems)["exact_match"]
     row["cache_bytes"] = {str(T): {"float32": cache_bytes(model, T),
                                    "bfloat16": cache_bytes(model, T, dtype=torch.bfloat16)} for T in plan.cache_lengths}
+    if plan.decode_context:
+        # bf16 weights, as served; the prompt is held-out text cycled to the context length
+        model = model.to(torch.bfloat16)
+        ids = heldout[:-1].repeat(plan.decode_context // (heldout.numel() - 1) + 1)[: plan.decode_context]
+        with torch.no_grad():
+            speed = decode_ms_per_token(model, ids[None].to(device), plan.decode_tokens, repeats=3)
+        row["decode"] = {"context": plan.decode_context, "dtype": "bfloat16", "device": device.type,
+                         **{k: speed[k] for k in ("ms_per_token", "ms_per_token_runs", "prefill_s")}}
     train = Path(folder).parent / "recurformer.json"
     if train.is_file():
         record = json.loads(train.read_text())
@@ -208,7 +230,7 @@ def run_experiments(plan: ExperimentPlan) -> dict:
     out = Path(plan.out)
     out.mkdir(parents=True, exist_ok=True)
     source = Path(plan.model) if plan.model else fetch_smollm2()
-    folders = build_variants(plan, source)
+    device = resolve_device(plan.device)
     tokenizer = AutoTokenizer.from_pretrained(source)
     documents = read_split_documents(fetch_corpus(), "heldout")
     text = "\n\n".join(documents)
@@ -216,8 +238,8 @@ def run_experiments(plan: ExperimentPlan) -> dict:
     heldout = heldout[: plan.eval_tokens + 1]
     path = out / "results.json"
     results = json.loads(path.read_text()) if path.is_file() else {"rows": {}}
-    results.update(plan=asdict(plan), header=machine_header("cpu"), source=str(source))
-    for variant, folder in folders.items():
+    results.update(plan=asdict(plan), header=machine_header(device), source=str(source))
+    for variant, folder in iter_variants(plan, source):
         if variant not in results["rows"]:
             logger.info("evaluating %s (%s)", variant, folder)
             results["rows"][variant] = {"folder": str(folder), **evaluate_folder(folder, plan, heldout, documents)}
@@ -237,6 +259,9 @@ def table(results: dict) -> str:
                                                                             rows["original"]["niah"]["lengths"]),
               "HashHop EM"] + [f"cache {int(T) // 1024}K bf16 (MiB)" for T in lengths] + \
              [f"saved at {int(lengths[0]) // 1024}K", "train tokens"]
+    decode = next((row["decode"]["context"] for row in rows.values() if "decode" in row), None)
+    if decode:
+        header.append(f"decode ms/token at {decode // 1024}K")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, row in rows.items():
         niah = "/".join(f"{sum(cells) / len(cells):.2f}" for cells in row["niah"]["accuracy"])
@@ -245,7 +270,9 @@ def table(results: dict) -> str:
         hh = row.get("hashhop_exact_match")
         lines.append("| " + " | ".join([name, f"{row['ppl']:.2f}", f"{100 * (row['ppl'] / control - 1):+.1f}%", niah,
                                         "-" if hh is None else f"{hh:.2f}", *cache, f"{100 * saved:.1f}%",
-                                        str(_trained_tokens(results, name))]) + " |")
+                                        str(_trained_tokens(results, name))]
+                                       + ([f"{row['decode']['ms_per_token']:.2f}" if "decode" in row else "-"]
+                                          if decode else [])) + " |")
     return "\n".join(lines)
 
 
