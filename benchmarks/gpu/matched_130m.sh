@@ -21,8 +21,10 @@ runs=()
 for arch in $ARCHS; do
   echo "== train $arch: $STEPS steps x $BATCH x $SEQ tokens ==" >&2
   if [ ! -f "$OUT/runs/$arch/model/config.json" ]; then
+    # a run stopped part-way (SIGTERM, CAP_S of the whole script's timeout) continues from its checkpoint
+    resume=(); [ -d "$OUT/runs/$arch/checkpoints" ] && resume=(--resume)
     # shellcheck disable=SC2086
-    python -m slimkv.cli.main train configs/130m.yaml --model.arch="$arch" --train.parallel=none \
+    python -m slimkv.cli.main train configs/130m.yaml "${resume[@]}" --model.arch="$arch" --train.parallel=none \
       --train.name="$arch" --train.out_dir="$OUT/runs" --train.steps="$STEPS" --train.batch_size="$BATCH" \
       --train.micro_batch_size="$BATCH" --data.seq_len="$SEQ" --model.max_position_embeddings=$((16 * SEQ)) \
       --optim.warmup_steps=$((STEPS / 10)) --train.max_seconds="$CAP_S" --train.checkpoint_every=0 \

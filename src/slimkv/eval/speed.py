@@ -34,12 +34,17 @@ def greedy_generate(model, ids: torch.Tensor, new: int, **kwargs):
                           do_sample=False, pad_token_id=0, **kwargs)
 
 
-def decode_ms_per_token(model, ids: torch.Tensor, new: int, repeats: int, kwargs_fn=dict) -> dict:
+def decode_ms_per_token(model, ids: torch.Tensor, new: int, repeats: int, kwargs_fn=dict, warmup: bool = False
+                        ) -> dict:
     """Median over `repeats` of (t(new) - t(1)) / (new - 1): the prefill cancels out. kwargs_fn() gives each
-    generate() call its extra arguments (a fresh static cache for Llama's best path)."""
+    generate() call its extra arguments (a fresh static cache for Llama's best path). warmup: one untimed
+    generate(new) first, so Triton compiles and CUDA-graph captures land outside the timings (a cold first t(1)
+    can outlast t(new) and give a negative run)."""
     if new < 2:
         raise ValueError(f"decode_ms_per_token needs new >= 2 tokens, got {new}")
     device = ids.device
+    if warmup:
+        greedy_generate(model, ids, new, **kwargs_fn())
     full, one = [], []
     for _ in range(repeats):
         one.append(timed_call(lambda: greedy_generate(model, ids, 1, **kwargs_fn()), device))

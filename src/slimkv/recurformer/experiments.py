@@ -206,7 +206,7 @@ def evaluate_folder(folder: Path, plan: ExperimentPlan, heldout: torch.Tensor, d
         model = model.to(torch.bfloat16)
         ids = heldout[:-1].repeat(plan.decode_context // (heldout.numel() - 1) + 1)[: plan.decode_context]
         with torch.no_grad():
-            speed = decode_ms_per_token(model, ids[None].to(device), plan.decode_tokens, repeats=3)
+            speed = decode_ms_per_token(model, ids[None].to(device), plan.decode_tokens, repeats=3, warmup=True)
         row["decode"] = {"context": plan.decode_context, "dtype": "bfloat16", "device": device.type,
                          **{k: speed[k] for k in ("ms_per_token", "ms_per_token_runs", "prefill_s")}}
     train = Path(folder).parent / "recurformer.json"
@@ -219,7 +219,7 @@ def evaluate_folder(folder: Path, plan: ExperimentPlan, heldout: torch.Tensor, d
 def run_experiments(plan: ExperimentPlan) -> dict:
     """Build, train and evaluate every variant of `plan` (skipping the steps whose outputs exist); returns the
     results (what results.json holds)."""
-    from transformers import AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     from ..machine import machine_header
     from ..data import fetch_corpus, read_split_documents
@@ -231,6 +231,11 @@ def run_experiments(plan: ExperimentPlan) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     source = Path(plan.model) if plan.model else fetch_smollm2()
     device = resolve_device(plan.device)
+    limit = getattr(AutoConfig.from_pretrained(source), "max_position_embeddings", None)
+    if plan.decode_context and limit and plan.decode_context + plan.decode_tokens > limit:
+        # checked before any training: the converted models refuse prompts past the source's position limit
+        raise ValueError(f"--decode-context {plan.decode_context} + --decode-tokens {plan.decode_tokens} exceeds "
+                         f"the model's max_position_embeddings={limit}; use at most {limit - plan.decode_tokens}")
     tokenizer = AutoTokenizer.from_pretrained(source)
     documents = read_split_documents(fetch_corpus(), "heldout")
     text = "\n\n".join(documents)
@@ -286,6 +291,23 @@ def _trained_tokens(results: dict, name: str) -> int:
     return total
 
 
+def loss_curve(run_dir: Path) -> dict[int, float]:
+    """{step: training loss} of one run: every step of its last process (recurformer.json, which a resumed run
+    writes for the steps after its resume point only), the logged steps of metrics.jsonl before those."""
+    record = json.loads((run_dir / "recurformer.json").read_text())
+    losses = record["losses"]
+    first = record["steps"] - len(losses) + 1
+    curve: dict[int, float] = {}
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.is_file():
+        for line in metrics.read_text().splitlines():
+            row = json.loads(line)
+            if "loss" in row and row["step"] < first:
+                curve[row["step"]] = row["loss"]
+    curve.update({first + i: loss for i, loss in enumerate(losses)})
+    return dict(sorted(curve.items()))
+
+
 def plot(results: dict, path: Path) -> None:
     """Perplexity vs cache at the first length, passkey accuracy per length, and the training curves."""
     import matplotlib
@@ -304,8 +326,8 @@ def plot(results: dict, path: Path) -> None:
         ax_niah.plot(lengths, [sum(c) / len(c) for c in row["niah"]["accuracy"]], marker="o", label=name)
     for run in sorted(Path(results["plan"]["out"], "runs").glob("*-B/recurformer.json")) + sorted(
             Path(results["plan"]["out"], "runs").glob("control/recurformer.json")):
-        losses = json.loads(run.read_text())["losses"]
-        ax_loss.plot(range(1, len(losses) + 1), losses, label=run.parent.name)
+        curve = loss_curve(run.parent)
+        ax_loss.plot(list(curve), list(curve.values()), label=run.parent.name)
     ax_ppl.set(xlabel=f"decode cache at {int(first) // 1024}K tokens (MiB, bf16)", ylabel="held-out perplexity",
                yscale="log", title="quality vs cache budget")
     ax_niah.set(xlabel="context length (tokens)", ylabel="passkey exact match", ylim=(-0.05, 1.05), xscale="log",

@@ -64,7 +64,7 @@ def evaluate(model, tokenizer, examples: list[HashHopExample], max_new_tokens: i
     correct, rows = 0, []
     model.eval()
     for ex in examples:
-        ids = tokenizer(ex.prompt, return_tensors="pt").input_ids.to(next(model.parameters()).device)
+        ids = tokenizer(ex.prompt, return_tensors="pt").input_ids.to(getattr(model, "device", "cpu"))
         with torch.no_grad():
             out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                                  do_sample=False, pad_token_id=tokenizer.eos_token_id)
