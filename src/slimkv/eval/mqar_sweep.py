@@ -285,17 +285,21 @@ def run_sweep(config: MQARSweepConfig, on_run: Callable[[int, int, dict], None] 
     }
 
 
-def merge_reports(reports: list[dict]) -> dict:
+def merge_reports(reports: list[dict], target: str = "") -> dict:
     """One report from sweeps of the same protocol run apart (same target and test segments): every run, the best
-    over learning rates recomputed, and each part's header, config and seconds kept under "parts"."""
+    over learning rates recomputed (at `target`, another test segment, when given), and each part's header, config
+    and seconds kept under "parts"."""
     if not reports:
         raise ValueError("nothing to merge: no MQAR reports given")
-    target = reports[0]["target"]
     tests = reports[0]["config"]["test_segments"]
     for report in reports[1:]:
-        if report["target"] != target or report["config"]["test_segments"] != tests:
+        if report["target"] != reports[0]["target"] or report["config"]["test_segments"] != tests:
             raise ValueError(f"cannot merge MQAR sweeps of different protocols (target {report['target']!r} vs "
-                             f"{target!r}, or other test segments)")
+                             f"{reports[0]['target']!r}, or other test segments)")
+    names = [f"{s['seq_len']}x{s['num_pairs']}" for s in tests]
+    if target and target not in names:
+        raise ValueError(f"--target {target!r} is not a test segment of these sweeps ({', '.join(names)})")
+    target = target or reports[0]["target"]
     runs = [run for report in reports for run in report["runs"]]
     return {
         "header": reports[0]["header"], "config": reports[0]["config"], "target": target,
@@ -320,7 +324,8 @@ def sweep_to_folder(config: MQARSweepConfig, on_run: Callable[[int, int, dict], 
         missing = [d for d in config.merge if not (Path(d) / "mqar.json").is_file()]
         if missing:
             raise ValueError(f"--merge: no mqar.json in {', '.join(missing)}")
-        report = merge_reports([json.loads((Path(d) / "mqar.json").read_text()) for d in config.merge])
+        report = merge_reports([json.loads((Path(d) / "mqar.json").read_text()) for d in config.merge],
+                               target=config.target)
     else:
         report = run_sweep(config, on_run=on_run)
     json_path = write_json(out / "mqar.json", report, indent=1)
@@ -361,7 +366,7 @@ def plot_sweep(report: dict, path: str | Path) -> None:
         for arch, paper in report["paper_fig1b"].items():
             ns = sorted(int(n) for n in paper)
             ax.plot(ns, [paper[str(n)] for n in ns], linestyle="--", marker="o", markerfacecolor="none",
-                    color=colors.get(arch), alpha=0.7, label=f"{ARCH_LABELS.get(arch, arch)} (paper Fig. 1b)")
+                    color=colors.get(arch), alpha=0.7, label=f"{ARCH_LABELS.get(arch, arch)} (paper Fig. 1b, 1024x256)")
         ax.set_xscale("log", base=2)
         ax.set_ylim(0, 1.02)
         ax.set_xlabel("state size n (mem_size / state / key dim)")
