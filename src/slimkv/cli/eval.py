@@ -5,6 +5,7 @@
     slimkv eval niah MODEL [--lengths ...] [--depths ...] [--out DIR]                 needle in a haystack
     slimkv eval lm-tasks [--out DIR]                                                  lm-eval task folder
     slimkv eval length MODEL... [--length 4096] [--trained-length 256]               loss vs position
+    slimkv eval compare RUN... [--niah-lengths ...] [--out DIR]                       trained runs side by side
 
 MODEL: a Hugging Face folder (slimkv Rodimus/Rodimus+, RecurFormer or any causal LM) or a `slimkv train` run
 directory. `slimkv eval TASK --help` lists each task's options with their defaults.
