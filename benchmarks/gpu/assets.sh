@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Real assets onto a lent GPU machine that reaches no registry and takes at most 64 MiB per call (the device tool's
+# README): pack the project's cached files here into xz-compressed pieces, carry one folder of pieces per call, and
+# unpack them there into the same data/ layout, where the project's own fetch code finds them by their sha256.
+#
+#   here:  bash benchmarks/gpu/assets.sh pack .assets 56 data/downloads/smollm2-135m-instruct data/corpus data/reference
+#          -> .assets/part-01 .. part-NN (each <= 56 MiB), .assets/manifest.sha256; carry one part per call
+#   there: bash benchmarks/gpu/assets.sh keep .assets-1            # a call before the last: copy its pieces to /tmp
+#          bash benchmarks/gpu/assets.sh unpack .assets-3          # the last call: join all pieces, check, extract
+#
+# The machine goes back 30 s after a call: make the calls back to back (each can do other work meanwhile).
+# SmolLM2-135M (98 MB GGUF) + corpus + Debian text pack into about 117 MiB: three calls; Qwen2.5-0.5B's 491 MB: nine.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+STORE="${SLIMKV_PIECES:-/tmp/slimkv-pieces}"
+case "${1:-}" in
+  pack)
+    out="$2"; mib="$3"; shift 3
+    [ -e "$out" ] && { echo "assets.sh: $out exists; choose another folder" >&2; exit 2; }
+    mkdir -p "$out"
+    tar cf - "$@" | xz -T0 -6 | split -d -a 2 -b "${mib}M" - "$out/part-"
+    (cd "$out" && sha256sum part-* > manifest.sha256)
+    ls -l "$out" ;;
+  keep)
+    mkdir -p "$STORE"; cp "$2"/part-* "$2"/manifest.sha256 "$STORE"/ ; ls "$STORE" ;;
+  unpack)
+    mkdir -p "$STORE"; cp "$2"/part-* "$2"/manifest.sha256 "$STORE"/
+    (cd "$STORE" && sha256sum -c --quiet manifest.sha256) || { echo "assets.sh: a piece is missing or corrupt" >&2; exit 2; }
+    cat "$STORE"/part-* | xz -d | tar xf -
+    echo "unpacked $(ls "$STORE"/part-* | wc -l) pieces into $PWD" ;;
+  *)
+    echo "usage: assets.sh pack OUT MIB PATH... | keep DIR | unpack DIR" >&2; exit 2 ;;
+esac
