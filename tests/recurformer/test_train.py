@@ -176,6 +176,31 @@ def test_gates_run_writes_unit_scores(tmp_path, monkeypatch):
     assert np.allclose(np.array(record["unit_scores"]), 1 - np.array(record["alpha"]))
     assert (result.run_dir / "model" / "gates.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((result.run_dir / "recurformer.json").read_text())["steps"] == 4
+    alpha = np.array(record["alpha"])
+    assert record["spread"] == pytest.approx(alpha.max() - alpha.min()) and record["lr_gates"] == 2e-2
+
+
+def test_gates_train_at_their_own_learning_rate(tmp_path):
+    source, _ = _folders(tmp_path)
+    recipe = RecurFormerRecipe(_config(tmp_path, "g", stage="gates", student=str(source), lr_gates=0.05))
+    model = recipe.build_model(recipe.config, 97)
+    groups = recipe.param_groups(model, OptimConfig(lr=1e-3))
+    # the gate values alone, at lr_gates (optim.lr, Stage A's, would leave them where they start)
+    assert [(g["lr"], [id(p) for p in g["params"]]) for g in groups] == [(0.05, [id(model.gates)])]
+    assert groups[0]["weight_decay"] == 0.0
+
+
+def test_gates_that_did_not_separate_are_flagged(tmp_path, monkeypatch, caplog):
+    source, _ = _folders(tmp_path)
+    # a gate learning rate of ~0 leaves every gate at its start: the ranking would be noise
+    config = _config(tmp_path, "flat", stage="gates", student=str(source), gate_window=2, gate_sinks=1,
+                     lr_gates=1e-12)
+    monkeypatch.setattr("slimkv.recurformer.data.training_sources", lambda *a, **k: _sources())
+    with caplog.at_level("WARNING", logger="slimkv.recurformer.train"):
+        result = train_recurformer(config, progress=False)
+    record = json.loads((result.run_dir / "model" / "gates.json").read_text())
+    assert record["spread"] < 1e-9
+    assert any("did not separate" in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.parametrize("overrides,message", [

@@ -36,7 +36,7 @@ class RecurFormerSection:
     # Stage B of the unconverted model on the same data and steps: the control the variants are compared with
     control: bool = False
     # Stage B peak learning rates (the optim schedule scales both): new branch weights, and the pretrained weights
-    # (0 = frozen); Stage A and gates train at optim.lr
+    # (0 = frozen); Stage A trains at optim.lr
     lr_branch: float = ranged(3e-4, ge=0)
     lr_base: float = ranged(1e-5, ge=0)
     # Stage B weight of KL(teacher || student) per token (0 = next-token loss only)
@@ -45,6 +45,10 @@ class RecurFormerSection:
     kl_chunk: int = ranged(1024, ge=1)
     # gates: weight of the L1 penalty that pushes gates towards streaming (DuoAttention: 0.05)
     gate_sparsity: float = ranged(0.05, ge=0)
+    # gates: peak learning rate of the gate values (DuoAttention: 0.02). The distillation gradient is zero at
+    # alpha = 1, where every gate starts, so at first only the penalty moves them, all alike: at optim.lr (1e-3)
+    # ten CPU steps moved all 90 gates of SmolLM2 by the same 0.0055 and the "learned" ranking was noise
+    lr_gates: float = ranged(2e-2, ge=0)
     # gates: the streaming attention each unit's gate mixes with full attention (previous tokens, sink tokens)
     gate_window: int = ranged(64, ge=1)
     gate_sinks: int = ranged(4, ge=0)

@@ -7,8 +7,8 @@ recipe (slimkv/train/recipe.py): bf16 autocast, activation checkpointing, FSDP2 
 safety, JSONL + TensorBoard all come from the trainer. The teacher is a frozen copy held outside the module tree (not
 trained, not checkpointed, not sharded; moved with the module).
 
-- gates (DuoAttention; docs/recurformer.md, "Training"): every KV unit of the ORIGINAL model gets a gate alpha in [0, 1]
-  mixing its full attention with streaming attention (sinks + window); loss = relative L2 between the gated and
+- gates (DuoAttention; docs/recurformer.md, "Training"; at recurformer.lr_gates): every KV unit of the ORIGINAL
+  model gets a gate alpha in [0, 1] mixing its full attention with streaming attention (sinks + window); loss = relative L2 between the gated and
   the ungated final hidden states + gate_sparsity x mean(alpha). Units with the lowest alpha stream best: the
   export writes gates.json, whose `unit_scores` (1 - alpha) `slimkv recurformer convert --select learned` ranks.
 - A: the teacher's forward records each converted layer's normed attention input and its replaced heads' outputs
@@ -22,6 +22,7 @@ trained, not checkpointed, not sharded; moved with the module).
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -41,6 +42,11 @@ from ..train.config import OptimConfig
 from ..train.optim import no_weight_decay_names
 from ..train.parallelize import unwrap
 from .config import RecurFormerRunConfig, load_recurformer_config  # noqa: F401  (re-exported for callers)
+
+logger = logging.getLogger(__name__)
+
+# below this max - min of the exported gates, their ranking of the units is noise (recurformer/config.py lr_gates)
+GATES_SEPARATED = 1e-3
 
 
 class _WithTeacher(nn.Module):
@@ -266,7 +272,9 @@ class RecurFormerRecipe:
         for name, p in model.named_parameters():
             if not p.requires_grad:
                 continue
-            if rf.stage in ("gates", "A"):
+            if rf.stage == "gates":
+                lr = rf.lr_gates
+            elif rf.stage == "A":
                 lr = optim.lr
             else:
                 lr = rf.lr_branch if self._is_new(name) else rf.lr_base
@@ -286,8 +294,13 @@ class RecurFormerRecipe:
         with output_folder(target, command="recurformer train", overwrite=True) as tmp:
             if rf.stage == "gates":
                 alpha = state["gates"].float().clamp(0, 1)
+                spread = float(alpha.max() - alpha.min())
+                if spread < GATES_SEPARATED:
+                    logger.warning("the gates did not separate (max - min alpha = %.2g): a ranking by them is "
+                                   "arbitrary; train more steps or raise recurformer.lr_gates", spread)
                 record = {"source": rf.student, "alpha": alpha.tolist(), "unit_scores": (1 - alpha).tolist(),
-                          "window": rf.gate_window, "sinks": rf.gate_sinks, "sparsity": rf.gate_sparsity}
+                          "spread": spread, "window": rf.gate_window, "sinks": rf.gate_sinks,
+                          "sparsity": rf.gate_sparsity, "lr_gates": rf.lr_gates}
                 (tmp / "gates.json").write_text(json.dumps(record, indent=1) + "\n")
                 plot_gates(alpha, tmp / "gates.png", rf.student)
                 return
