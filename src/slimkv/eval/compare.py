@@ -46,10 +46,9 @@ def training_record(run_dir: Path) -> dict:
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         raise ValueError(f"{str(run_dir)!r} has no metrics.jsonl: give `slimkv train` run directories")
-    steps, evals = [], []
-    for line in path.read_text().splitlines():
-        record = json.loads(line)
-        (steps if "loss" in record else evals if "heldout_ppl" in record else []).append(record)
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    steps = [r for r in records if "loss" in r]
+    evals = [r for r in records if "heldout_ppl" in r]
     if not steps:
         raise ValueError(f"{str(path)!r} logs no training step")
     speeds = [r["tokens_per_s"] for r in steps[2:] or steps if r.get("tokens_per_s")]
@@ -70,7 +69,7 @@ def _run_config(run_dir: Path) -> dict:
 def compare_runs(job: CompareJob, progress: bool = False) -> dict:
     """Score every run of `job` -> the report compare.json holds (also written, with compare.md and compare.png)."""
     from ..device import resolve_device
-    from ..io import write_json, atomic_write_text
+    from ..io import atomic_write_text, write_json
     from ..machine import machine_header
     from ..models.memory import inference_state_bytes
     from .loading import load_model_and_tokenizer
@@ -87,19 +86,22 @@ def compare_runs(job: CompareJob, progress: bool = False) -> dict:
         record = {"run": name, "path": str(run), **training_record(run)}
         config = _run_config(run)
         seq_len = int(config["data"]["seq_len"])
-        model, _ = load_model_and_tokenizer(run)
+        # one load per run: the counts first, then the perplexity (float32), then NIAH (which casts to bf16)
+        loaded = load_model_and_tokenizer(run)
+        model = loaded[0]
         params = sum(p.numel() for p in model.parameters())
         embedding = model.get_input_embeddings().weight.numel()
-        record.update(arch=config["model"].get("arch", model.config.model_type), params=params, non_embedding_params=params - embedding,
+        record.update(arch=config["model"].get("arch", model.config.model_type), params=params,
+                      non_embedding_params=params - embedding,
                       state_bytes=inference_state_bytes(model, job.state_tokens), state_tokens=job.state_tokens)
-        del model
         ppl = evaluate_perplexity(PerplexityJob(model=str(run), ppl="heldout", seq_len=seq_len, stride=seq_len,
                                                 mode="sliding", max_tokens=job.ppl_tokens, data_dir=job.data_dir,
-                                                device=str(device)), progress=progress)
+                                                device=str(device)), progress=progress, loaded=loaded)
         record.update(heldout_ppl=ppl["token_ppl"], heldout_tokens=ppl["tokens"], trained_length=seq_len)
         _, niah = run_niah_job(NIAHJob(model=str(run), lengths=job.niah_lengths, depths=job.niah_depths,
                                        data_dir=job.data_dir, device=str(device), dtype="bfloat16",
-                                       out=str(out / name)))
+                                       out=str(out / name)), loaded=loaded)
+        del model, loaded
         record["niah"] = {str(n): sum(cells) / len(cells) for n, cells in zip(niah.lengths, niah.accuracy)}
         record["niah_skipped"] = list(niah.skipped_lengths)
         rows.append(record)

@@ -296,7 +296,7 @@ def merge_reports(reports: list[dict], target: str = "") -> dict:
         if report["target"] != reports[0]["target"] or report["config"]["test_segments"] != tests:
             raise ValueError(f"cannot merge MQAR sweeps of different protocols (target {report['target']!r} vs "
                              f"{reports[0]['target']!r}, or other test segments)")
-    names = [f"{s['seq_len']}x{s['num_pairs']}" for s in tests]
+    names = [Segment(**segment).name for segment in tests]
     if target and target not in names:
         raise ValueError(f"--target {target!r} is not a test segment of these sweeps ({', '.join(names)})")
     target = target or reports[0]["target"]

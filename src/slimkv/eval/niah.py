@@ -274,15 +274,17 @@ class NIAHJob:
     out: str = setting("runs/niah", metavar="DIR")
 
 
-def run_niah_job(job: NIAHJob, on_row: Callable[[NIAHRow], None] | None = None) -> tuple[dict, NIAHResult]:
-    """Load the model, run the grid on the haystack, write <out>/niah.json and niah.png -> (report, result)."""
+def run_niah_job(job: NIAHJob, on_row: Callable[[NIAHRow], None] | None = None,
+                 loaded: tuple | None = None) -> tuple[dict, NIAHResult]:
+    """Load the model (or take `loaded` = (model, tokenizer) of job.model), run the grid on the haystack, write
+    <out>/niah.json and niah.png -> (report, result)."""
     from ..device import resolve_device
     from ..io import write_json
     from ..machine import machine_header
     from .loading import load_model_and_tokenizer
     from .texts import load_documents
 
-    model, tokenizer = load_model_and_tokenizer(job.model)
+    model, tokenizer = loaded or load_model_and_tokenizer(job.model)
     if tokenizer is None:
         raise ValueError(f"{job.model!r} has no tokenizer (tokenizer.json); save one beside the model")
     device = resolve_device(job.device)

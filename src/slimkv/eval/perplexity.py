@@ -181,13 +181,14 @@ class PerplexityJob:
     device: str = "cpu"
 
 
-def evaluate_perplexity(job: PerplexityJob, progress: bool = False) -> dict:
-    """Load `job.model`, tokenise `job.ppl` with its tokenizer and score it -> {"model", "text", PerplexityResult}."""
+def evaluate_perplexity(job: PerplexityJob, progress: bool = False, loaded: tuple | None = None) -> dict:
+    """Load `job.model` (or take `loaded` = (model, tokenizer) of it), tokenise `job.ppl` with its tokenizer and score
+    it -> {"model", "text", PerplexityResult}."""
     from ..device import resolve_device
     from .loading import load_model_and_tokenizer
     from .texts import text_ids_and_bytes
 
-    model, tokenizer = load_model_and_tokenizer(job.model)
+    model, tokenizer = loaded or load_model_and_tokenizer(job.model)
     if tokenizer is None:
         raise ValueError(f"{job.model!r} has no tokenizer (tokenizer.json); save one beside the model")
     mode = job.mode or default_mode(model)

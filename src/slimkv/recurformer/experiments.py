@@ -169,8 +169,6 @@ def iter_variants(plan: ExperimentPlan, source: Path):
             yield variant, _train(plan, f"{variant}-B", folder, "B", plan.steps_b)
 
 
-
-
 def evaluate_folder(folder: Path, plan: ExperimentPlan, heldout: torch.Tensor, documents: list[str]) -> dict:
     """Perplexity, passkey retrieval, HashHop, counted cache bytes and (plan.decode_context > 0) decode ms/token
     of one model folder, in float32 on plan's device."""
@@ -273,11 +271,11 @@ def table(results: dict) -> str:
         cache = [f"{row['cache_bytes'][T]['bfloat16'] / 2**20:.1f}" for T in lengths]
         saved = 1 - row["cache_bytes"][lengths[0]]["bfloat16"] / full[lengths[0]]
         hh = row.get("hashhop_exact_match")
-        lines.append("| " + " | ".join([name, f"{row['ppl']:.2f}", f"{100 * (row['ppl'] / control - 1):+.1f}%", niah,
-                                        "-" if hh is None else f"{hh:.2f}", *cache, f"{100 * saved:.1f}%",
-                                        str(_trained_tokens(results, name))]
-                                       + ([f"{row['decode']['ms_per_token']:.2f}" if "decode" in row else "-"]
-                                          if decode else [])) + " |")
+        cells = [name, f"{row['ppl']:.2f}", f"{100 * (row['ppl'] / control - 1):+.1f}%", niah,
+                 "-" if hh is None else f"{hh:.2f}", *cache, f"{100 * saved:.1f}%", str(_trained_tokens(results, name))]
+        if decode:
+            cells.append(f"{row['decode']['ms_per_token']:.2f}" if "decode" in row else "-")
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
