@@ -22,6 +22,24 @@ def pop_cache(kwargs: dict[str, Any], given: Any = None) -> Any:
     return given if given is not None else (found[0] if found else None)
 
 
+def embed_with_cache(model: Any, input_ids: Any, inputs_embeds: Any, cache: Any, use_cache: bool | None,
+                     kwargs: dict[str, Any]) -> tuple[Any, Any]:
+    """The prologue every slimkv base model's forward shares -> (embeddings [B, T, d], cache or None).
+
+    Exactly one of input_ids / inputs_embeds; the cache may come under either name; with use_cache and no cache an
+    eval-mode model allocates its own (`model.allocate_cache(B, dtype, device)`), a training one runs without."""
+    cache = pop_cache(kwargs, cache)
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("pass exactly one of input_ids and inputs_embeds")
+    x = model.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+    use_cache = model.config.use_cache if use_cache is None else use_cache
+    if not use_cache:
+        return x, None
+    if cache is None and not model.training:
+        cache = model.allocate_cache(x.shape[0], dtype=x.dtype, device=x.device)
+    return x, cache
+
+
 def with_cache(cache: Any) -> dict[str, Any]:
     """{CACHE_KEY: cache}: splat into a ModelOutput or a model-inputs dict."""
     return {CACHE_KEY: cache}

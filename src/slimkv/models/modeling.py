@@ -22,7 +22,7 @@ from ..layers.norm import RMSNorm
 from ..layers.swska import SharedKeyAttention
 from .cache import RodimusCache
 from .causal_lm import StatefulCausalLM
-from .compat import pop_cache, with_cache
+from .compat import embed_with_cache, with_cache
 from .configuration import MAMBA2_HEAD_DIM, RodimusConfig
 from .generation import FastGenerationMixin
 
@@ -228,16 +228,8 @@ class RodimusModel(RodimusPreTrainedModel):
         return_dict: bool | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
-        past_key_values = pop_cache(kwargs, past_key_values)
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("pass exactly one of input_ids and inputs_embeds")
-        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        x, past_key_values = embed_with_cache(self, input_ids, inputs_embeds, past_key_values, use_cache, kwargs)
         B, T = x.shape[:2]
-        use_cache = self.config.use_cache if use_cache is None else use_cache
-        if use_cache and past_key_values is None and not self.training:
-            past_key_values = self.allocate_cache(B, dtype=x.dtype, device=x.device)
-        if not use_cache:
-            past_key_values = None
         seen = past_key_values.seen_tokens if past_key_values is not None else 0
 
         padding_mask = None

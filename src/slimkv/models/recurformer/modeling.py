@@ -25,7 +25,7 @@ from ...layers.hybrid_attention import HybridAttention
 from ...ops.rope import rope_cos_sin
 from ..cache import RodimusCache
 from ..causal_lm import StatefulCausalLM
-from ..compat import pop_cache, with_cache
+from ..compat import embed_with_cache, with_cache
 from ..generation import FastGenerationMixin
 from .configuration import RecurFormerConfig
 from .families import (attention_biases, attention_geometry, check_family, family_classes, rope_frequencies,
@@ -142,16 +142,8 @@ class RecurFormerModel(RecurFormerPreTrainedModel):
                 **kwargs) -> BaseModelOutputWithPast:
         """attention_mask covers this call's tokens [B, T] or everything so far [B, seen + T] (1 = real token;
         left padding does not shift RoPE positions). With a cache the tokens continue it."""
-        cache = pop_cache(kwargs, past_key_values)
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("pass exactly one of input_ids and inputs_embeds")
-        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        x, cache = embed_with_cache(self, input_ids, inputs_embeds, past_key_values, use_cache, kwargs)
         B, T = x.shape[:2]
-        use_cache = self.config.use_cache if use_cache is None else use_cache
-        if not use_cache:
-            cache = None
-        elif cache is None and not self.training:
-            cache = self.allocate_cache(B, x.dtype, x.device)
         seen = cache.seen_tokens if cache is not None else 0
         if seen == 0 and T > self.config.max_position_embeddings:
             raise ValueError(f"sequence of {T} tokens is longer than max_position_embeddings="
