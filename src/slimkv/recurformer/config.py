@@ -41,7 +41,7 @@ class RecurFormerSection:
     lr_base: float = ranged(1e-5, ge=0)
     # Stage B weight of KL(teacher || student) per token (0 = next-token loss only)
     kl_weight: float = ranged(1.0, ge=0)
-    # tokens per chunk of the KL and cross-entropy over the vocabulary (memory: chunk x vocab floats)
+    # tokens per chunk of Stage B's fused cross-entropy + KL (memory: about 4 x chunk x vocab floats)
     kl_chunk: int = ranged(1024, ge=1)
     # gates: weight of the L1 penalty that pushes gates towards streaming (DuoAttention: 0.05)
     gate_sparsity: float = ranged(0.05, ge=0)

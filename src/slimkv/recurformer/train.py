@@ -14,7 +14,8 @@ trained, not checkpointed, not sharded; moved with the module).
 - A: the teacher's forward records each converted layer's normed attention input and its replaced heads' outputs
   (before o_proj); each branch learns to produce those outputs from that input (relative MSE, the mean over
   layers). Only branch weights train; layers are independent, so no student forward is needed.
-- B: next-token cross-entropy + kl_weight x KL(teacher || student) per token, both chunked over the vocabulary;
+- B: next-token cross-entropy + kl_weight x KL(teacher || student) per token, one fused pass over both LM heads
+  in chunks of tokens (ops/distill.py: each logit matmul once, the gradient computed in the same pass);
   new branch weights at recurformer.lr_branch, pretrained ones at recurformer.lr_base. In eval mode the module
   returns the cross-entropy alone (held-out perplexity).
 - control: Stage B of the unconverted model (every weight at lr_base), same data and steps.
@@ -35,7 +36,7 @@ from ..io import atomic_write_text, output_folder
 from ..layers.branches import branch_class
 from ..models.recurformer import RecurFormerForCausalLM, attention_geometry, check_family
 from ..ops.cross_entropy import linear_cross_entropy
-from ..ops.distill import linear_kl
+from ..ops.distill import linear_distill
 from ..ops.rope import apply_rope
 from ..ops.window_attn import window_attention
 from ..train.config import OptimConfig
@@ -197,13 +198,13 @@ class Distillation(_WithTeacher):
 
     def forward(self, input_ids: torch.Tensor, targets: torch.Tensor) -> CausalLMOutputWithPast:
         h = self.model(input_ids=input_ids, use_cache=False).last_hidden_state
-        loss = linear_cross_entropy(h, self.lm_head.weight, targets)
-        if self.training and self.teacher is not None:
-            with torch.no_grad():
-                teacher_h = self.teacher.model(input_ids=input_ids, use_cache=False).last_hidden_state
-            kl = linear_kl(h, self.lm_head.weight, teacher_h, self.teacher.lm_head.weight, targets != -100,
-                           self.chunk)
-            loss = loss + self.kl_weight * kl
+        if not (self.training and self.teacher is not None):
+            return CausalLMOutputWithPast(loss=linear_cross_entropy(h, self.lm_head.weight, targets))
+        with torch.no_grad():
+            teacher_h = self.teacher.model(input_ids=input_ids, use_cache=False).last_hidden_state
+        # one pass over both heads, gradient included (ops/distill.py)
+        loss = linear_distill(h, self.lm_head.weight, targets, teacher_h, self.teacher.lm_head.weight,
+                              self.kl_weight, self.chunk)
         return CausalLMOutputWithPast(loss=loss)
 
 
