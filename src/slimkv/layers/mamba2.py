@@ -18,6 +18,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 from torch import nn
 
 from ..ops import decode as decode_ops
@@ -145,13 +146,24 @@ class Mamba2Mixer(nn.Module):
 
     def _readout(self, o: torch.Tensor, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         """o, x [..., H, P] -> out_proj(RMSNorm_per_head((o + D x) [* SiLU(z)])), in h's dtype."""
+        z = self.z_proj(h) if self.z_proj is not None else None
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (o, x, z)):
+            # the float32 intermediates would be kept for backward: about 50 KiB per token and layer at the 130m
+            # shape, most of mamba2's training memory (benchmarks/results/matched_130m_h200_2026-12-02); recomputing
+            # these elementwise ops keeps only o, x and z
+            y = checkpoint(self._gated_head_norm, o, x, z, h.dtype, use_reentrant=False)
+        else:
+            y = self._gated_head_norm(o, x, z, h.dtype)
+        return self.out_proj(y)
+
+    def _gated_head_norm(self, o: torch.Tensor, x: torch.Tensor, z: torch.Tensor | None,
+                         dtype: torch.dtype) -> torch.Tensor:
         H, P = self.num_heads, self.head_dim
         y = o.float() + self.D.float()[:, None] * x.float()
-        if self.z_proj is not None:
-            y = y * F.silu(self.z_proj(h).float()).unflatten(-1, (H, P))
+        if z is not None:
+            y = y * F.silu(z.float()).unflatten(-1, (H, P))
         y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + self.norm_eps)
-        y = (y.flatten(-2) * self.norm_weight.float()).to(h.dtype)
-        return self.out_proj(y)
+        return (y.flatten(-2) * self.norm_weight.float()).to(dtype)
 
     @torch.no_grad()
     def step(self, h: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor) -> torch.Tensor:
