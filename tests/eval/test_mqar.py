@@ -104,6 +104,14 @@ def test_train_source_serves_whole_batches_of_one_segment_through_the_batch_plan
     assert first == second
     assert [source.global_batch(i)[0].sum().item() for i in range(8)] != \
         [source.global_batch(i)[0].sum().item() for i in range(8, 16)]
+    # the training examples scored beside the test set are ones the trainer really serves
+    served = [tuple(map(tuple, source.global_batch(i)[0].tolist())) for i in range(8)]
+    served = {row for batch in served for row in batch}
+    kept = source.training_examples(examples=12)
+    assert {name: x.shape for name, (x, _) in kept.items()} == {"16x2": (12, 16), "32x4": (12, 32)}
+    for x, y in kept.values():
+        assert all(tuple(row) in served for row in x.tolist())
+        assert (y != -100).sum(1).tolist() == [2 if x.shape[1] == 16 else 4] * 12
 
 
 def test_test_sets_never_repeat_training_batches():
@@ -167,6 +175,8 @@ def test_a_tiny_model_learns_a_trivial_instance_on_the_trainer(tmp_path, arch, l
     record = train_and_score(spec, config, test)
     # chance is 1 / 8 values
     assert record["accuracy"]["8x2"] >= 0.9, record
+    # it solved the task rather than memorising its examples: training examples score alike
+    assert abs(record["train_accuracy"]["8x2"] - record["accuracy"]["8x2"]) < 0.1, record
     assert record["steps"] == steps and record["final_loss"] < 0.3
     assert record["state_bytes"] > 0
     assert not (tmp_path / "mqar" / "runs" / spec.name / "checkpoints").exists()

@@ -21,13 +21,17 @@ def run(args: argparse.Namespace) -> int:
     from ..eval.mqar_sweep import sweep_to_folder
 
     config = config_from_args(args, MQARSweepConfig)
+
+    def _train_accuracy(record: dict) -> str:
+        return " ".join(f"{name} {acc:.3f}" for name, acc in record["train_accuracy"].items())
     target = config.target_segment().name
 
     def report_run(i: int, n: int, record: dict) -> None:
         if not args.quiet:
             state = "full" if record["state_size"] is None else record["state_size"]
             print(f"[{i + 1}/{n}] {record['arch']} d={record['d_model']} n={state} lr={record['lr']:.2e}: "
-                  f"{target} acc {record['accuracy'][target]:.3f}, loss {record['final_loss']:.3f}, "
+                  f"{target} acc {record['accuracy'][target]:.3f}, on its training examples "
+                  f"{_train_accuracy(record)}, loss {record['final_loss']:.3f}, "
                   f"{record['steps']} steps in {record['train_seconds']:.0f}s", flush=True)
 
     report, json_path, png_path = sweep_to_folder(config, on_run=report_run)

@@ -165,11 +165,25 @@ class MQARTrainSource:
         if self._cached is None or self._cached[0] != index:
             epoch, offset = divmod(index, len(self._batches))
             s, j = self._batches[int(self._epoch_order(epoch)[offset])]
-            segment = self.segments[s]
-            batch = make_mqar(self.batch_size, segment.seq_len, segment.num_pairs, self.vocab_size,
-                              seed=[self.seed, s, j], power_a=self.power_a)
-            self._cached = (index, batch)
+            self._cached = (index, self._batch(s, j))
         return self._cached[1]
+
+    def _batch(self, s: int, j: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fixed batch j of segment s."""
+        segment = self.segments[s]
+        return make_mqar(self.batch_size, segment.seq_len, segment.num_pairs, self.vocab_size, seed=[self.seed, s, j],
+                         power_a=self.power_a)
+
+    def training_examples(self, examples: int = 256) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Per train segment, its first `examples` training examples (the batches the model trained on), so that
+        accuracy on them can be set beside the held-out accuracy: a model that memorised its finite train set
+        scores high here and near chance there."""
+        out = {}
+        for s, segment in enumerate(self.segments):
+            count = min(examples, segment.examples)
+            batches = [self._batch(s, j) for j in range(math.ceil(count / self.batch_size))]
+            out[segment.name] = tuple(torch.cat(part)[:count] for part in zip(*batches))
+        return out
 
     def sequences(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         batch_ids = np.unique(indices // self.batch_size)

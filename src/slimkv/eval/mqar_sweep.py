@@ -219,6 +219,9 @@ def train_and_score(spec: RunSpec, config: MQARSweepConfig, test_sets: dict, max
     autocast = torch.bfloat16 if trainer.bf16 else None
     accuracy = {name: query_accuracy(model, x, y, config.eval_batch_size, autocast)
                 for name, (x, y) in test_sets.items()}
+    # the same score on examples it trained on: far above the held-out one means it memorised (docs/evaluations.md)
+    train_accuracy = {name: query_accuracy(model, x, y, config.eval_batch_size, autocast)
+                      for name, (x, y) in source.training_examples().items()}
     record = {
         **dataclasses.asdict(spec), "steps": result.steps, "train_seconds": round(train_seconds, 2),
         "final_loss": result.losses[-1] if result.losses else None,
@@ -227,6 +230,7 @@ def train_and_score(spec: RunSpec, config: MQARSweepConfig, test_sets: dict, max
         "params": result.params, "examples_per_s": round(result.steps * config.batch_size / train_seconds, 1),
         "state_bytes": _state_bytes(model, config.target_segment().seq_len, config.vocab_size),
         "accuracy": accuracy,
+        "train_accuracy": train_accuracy,
     }
     if not config.keep_runs:
         shutil.rmtree(trainer.run_dir / "checkpoints", ignore_errors=True)
