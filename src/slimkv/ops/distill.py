@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from .cross_entropy import _compute_dtype, linear_cross_entropy_reference
+from .cross_entropy import linear_cross_entropy_reference, logits_dtype
 from .rows import mm_float32
 
 
@@ -127,7 +127,7 @@ def linear_distill(h_student: torch.Tensor, w_student: torch.Tensor, labels: tor
                          f"{tuple(labels.shape)}")
     hs, ht = h_student.reshape(-1, h_student.shape[-1]), h_teacher.reshape(-1, h_teacher.shape[-1])
     return _LinearDistill.apply(hs, w_student, labels.reshape(-1), ht.detach(), w_teacher.detach(), float(kl_weight),
-                                ignore_index, _compute_dtype(h_student, w_student), chunk)
+                                ignore_index, logits_dtype(h_student, w_student), chunk)
 
 
 __all__ = ["linear_distill", "linear_distill_reference", "linear_kl_reference"]

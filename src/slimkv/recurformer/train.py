@@ -9,8 +9,9 @@ trained, not checkpointed, not sharded; moved with the module).
 
 - gates (DuoAttention; docs/recurformer.md, "Training"; at recurformer.lr_gates): every KV unit of the ORIGINAL
   model gets a gate alpha in [0, 1] mixing its full attention with streaming attention (sinks + window);
-  loss = relative L2 between the gated and the ungated final hidden states + gate_sparsity x mean(alpha). Units with the lowest alpha stream best: the
-  export writes gates.json, whose `unit_scores` (1 - alpha) `slimkv recurformer convert --select learned` ranks.
+  loss = relative L2 between the gated and the ungated final hidden states + gate_sparsity x mean(alpha). Units
+  with the lowest alpha stream best: the export writes gates.json, whose `unit_scores` (1 - alpha)
+  `slimkv recurformer convert --select learned` ranks.
 - A: the teacher's forward records each converted layer's normed attention input and its replaced heads' outputs
   (before o_proj); each branch learns to produce those outputs from that input (relative MSE, the mean over
   layers). Only branch weights train; layers are independent, so no student forward is needed.

@@ -105,7 +105,7 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
         return dh.to(ctx.h_dtype), dweight, None, None, None, None, None
 
 
-def _compute_dtype(h: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+def logits_dtype(h: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
     """The dtype F.linear(h, weight) would produce: the autocast dtype inside autocast, else the promoted one."""
     if torch.is_autocast_enabled(h.device.type):
         return torch.get_autocast_dtype(h.device.type)
@@ -142,8 +142,8 @@ def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, labels: torch.Te
         from .triton import TRITON_KERNELS as kernels
     else:
         kernels = (_torch_chunk_forward, _torch_chunk_backward)
-    return LinearCrossEntropyFunction.apply(h2, weight, labels, ignore_index, _compute_dtype(h, weight), chunk,
+    return LinearCrossEntropyFunction.apply(h2, weight, labels, ignore_index, logits_dtype(h, weight), chunk,
                                             kernels)
 
 
-__all__ = ["BACKENDS", "linear_cross_entropy", "linear_cross_entropy_reference", "vocab_chunk"]
+__all__ = ["BACKENDS", "linear_cross_entropy", "linear_cross_entropy_reference", "logits_dtype", "vocab_chunk"]
