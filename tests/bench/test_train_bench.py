@@ -20,6 +20,7 @@ from slimkv.bench.train import (  # noqa: E402
     categorize,
     choose_batch,
     commit_hash,
+    count_params,
     flops_per_token,
     format_table,
     matched_llama_layers,
@@ -92,6 +93,11 @@ def test_mean_keys_and_flops_per_token():
     assert flops_per_token(cfg, 2048) == pytest.approx(6 * params + 25 * 12 * 2048 * 2049 / 2)
     rodimus = flops_per_token(model_config("rodimus", 2048), 2048)
     assert 6 * 1.4e9 < rodimus < 6 * 1.6e9
+    # the baselines at configs/1.4b.yaml's depths are parameter-matched to Rodimus-1.4B (1.53B)
+    for name in ("mamba2", "gla"):
+        cfg = model_config(name, 2048)
+        assert 1.45e9 < count_params(cfg) < 1.6e9
+        assert 6 * 1.4e9 < flops_per_token(cfg, 2048) < 6 * 1.7e9
 
 
 def test_overrides_and_variants():
@@ -147,18 +153,18 @@ def test_on_device_checker_passes_on_tiny_shapes():
 @pytest.mark.slow
 def test_whole_run_on_toy_widths(tmp_path, monkeypatch):
     monkeypatch.setenv("SLIMKV_COMMIT", "test-commit")
-    opts = TrainBenchOptions(out=str(tmp_path), models=("rodimus", "llama"), seqs=(16,), steps=1, warmup=0,
-                             check=False, device="cpu", tiny=True, profile_seqs=(), budget_s=600)
+    opts = TrainBenchOptions(out=str(tmp_path), models=("rodimus", "mamba2", "gla", "llama"), seqs=(16,), steps=1,
+                             warmup=0, check=False, device="cpu", tiny=True, profile_seqs=(), budget_s=600)
     lines = []
     report = run_train_bench(opts, log=lines.append)
     saved = json.loads((tmp_path / "train_bench.json").read_text())
     assert saved["commit"] == "test-commit" and saved["schema"] == "slimkv.bench.train/1"
     rows = {r["variant"]: r for r in saved["results"]}
-    assert set(rows) == {"rodimus", "llama"}
+    assert set(rows) == {"rodimus", "mamba2", "gla", "llama"}
     for r in rows.values():
         assert r["batch"] == 1 and r["tokens_per_s"] > 0 and r["step_s"] > 0 and r["params"] > 0
         assert r["meta"]["torch"] == torch.__version__
-    assert rows["rodimus"]["vs_llama"]["llama"] == "llama"
+    assert rows["rodimus"]["vs_llama"]["llama"] == "llama" and rows["mamba2"]["vs_llama"]["llama"] == "llama"
     assert (tmp_path / "train_bench.png").read_bytes()[:4] == b"\x89PNG"
     assert any(line.startswith("[rodimus T16]") for line in lines)
     assert "| rodimus | 16 | 1 | no |" in format_table(report)

@@ -1,4 +1,5 @@
-"""`slimkv bench train`: training throughput of Rodimus, Rodimus+ and a parameter-matched Llama on one GPU.
+"""`slimkv bench train`: training throughput of Rodimus, Rodimus+, the Mamba2 and GLA baselines and a
+parameter-matched Llama on one GPU.
 
 legend: B batch, T sequence length, d width, L layers, e DDTS inner width, m memory size
 
@@ -25,6 +26,7 @@ import inspect
 import io
 import json
 import logging
+import math
 import os
 import platform
 import statistics
@@ -55,6 +57,11 @@ RODIMUS_SHAPES = {
     # Rodimus+-1.6B: 24 layers, 16 SW-SKA heads, window 4096 (docs/rodimus.md section 5)
     "rodimus_plus": dict(block_type="rodimus_plus", hidden_size=2048, num_hidden_layers=24, mem_size=64,
                          expand_ratio=2.0, num_heads=16, window_size=4096),
+    # the baselines of the evaluation issue on the same scaffolding, at configs/1.4b.yaml's matched depths: Mamba2
+    # (SSD, state 64, heads of 64 over the 2x inner width) and GLA (16 heads of per-channel decay)
+    "mamba2": dict(block_type="mamba2", hidden_size=2048, num_hidden_layers=50, mem_size=64, expand_ratio=2.0),
+    "gla": dict(block_type="gla", hidden_size=2048, num_hidden_layers=38, mem_size=64, expand_ratio=2.0,
+                num_heads=16),
 }
 LLAMA_SHAPE = dict(hidden_size=2048, intermediate_size=5632, num_attention_heads=16, num_key_value_heads=16)
 # Llama matched in parameters to which Rodimus model
@@ -63,6 +70,8 @@ MODELS = tuple(RODIMUS_SHAPES) + tuple(LLAMA_MATCH)
 # CPU tests: the same code paths on toy widths
 TINY = {"vocab": 512, "rodimus": dict(hidden_size=64, num_hidden_layers=2, mem_size=16),
         "rodimus_plus": dict(hidden_size=64, num_hidden_layers=2, mem_size=16, num_heads=2, window_size=16),
+        "mamba2": dict(hidden_size=64, num_hidden_layers=2, mem_size=16),
+        "gla": dict(hidden_size=64, num_hidden_layers=2, mem_size=16, num_heads=2),
         "llama": dict(hidden_size=64, intermediate_size=176, num_attention_heads=2, num_key_value_heads=2)}
 # kernel-name substrings (lower case) per category; the first category that matches wins
 CATEGORIES = (
@@ -93,7 +102,7 @@ class TrainBenchOptions:
 
     # the run folder for train_bench.json and train_bench.png
     out: str = setting("runs/bench/train", metavar="DIR")
-    # models to time: rodimus, rodimus_plus, llama, llama_plus
+    # models to time: rodimus, rodimus_plus, mamba2, gla, llama, llama_plus
     models: tuple[str, ...] = ("rodimus", "rodimus_plus", "llama")
     # sequence lengths, run in this order (the issue's two target lengths first, so a run cut by the budget loses
     # 8192 first)
@@ -186,7 +195,8 @@ def mean_keys(seq: int, window: int | None) -> float:
 
 def flops_per_token(config, seq: int) -> float:
     """Training FLOPs per token: 3x the forward's 2 FLOPs per multiply-add of every Linear (the tied LM head too) and
-    depthwise conv tap, the GLA recurrence (4 m e: state update and readout) and causal attention (4 d ctx)."""
+    depthwise conv tap, the recurrence (4 FLOPs per element of the mixer's state: update and readout; m e for
+    Rodimus, heads x state x head dim for Mamba2, heads x key x value dim for GLA) and causal attention (4 d ctx)."""
     with torch.device("meta"):
         model = build_model(config)
     fwd = 0.0
@@ -199,8 +209,8 @@ def flops_per_token(config, seq: int) -> float:
     if config.model_type == "llama":
         fwd += L * 4 * d * mean_keys(seq, None)
     else:
-        e = model.model.layers[0].mixer.inner_size
-        fwd += L * 4 * config.mem_size * e
+        state = model.model.layers[0].mixer.state_shapes(1)["ssm_state"]
+        fwd += L * 4 * math.prod(state)
         if config.block_type == "rodimus_plus":
             fwd += L * 4 * d * mean_keys(seq, config.window)
     return 3 * fwd
