@@ -62,6 +62,11 @@ def test_llama_matched_to_rodimus_1_4b_has_25_layers():
     ("void at::native::reduce_kernel<512, 1, at::native::ReduceOp<float, at::native::MeanOps<float, float>", "reduction"),
     ("void at::native::vectorized_elementwise_kernel<4, at::native::(anonymous namespace)::silu_kernel", "elementwise"),
     ("ddts_gates_bwd_kernel", "elementwise"),
+    # strided elementwise ops are "..._impl_nocast<...>": an elementwise op, not a cast; a strided copy stays a copy
+    ("void at::native::elementwise_kernel<128, 2, at::native::gpu_kernel_impl_nocast<at::native::BinaryFunctor<float",
+     "elementwise"),
+    ("void at::native::elementwise_kernel<128, 4, at::native::gpu_kernel_impl_nocast<at::native::direct_copy_kernel_",
+     "casts/copies"),
     ("void at::native::indexing_backward_kernel<float, 4>", "other"),
 ])
 def test_kernel_categories(name, category):

@@ -218,7 +218,9 @@ def flops_per_token(config, seq: int) -> float:
 
 def categorize(kernel: str) -> str:
     """Kernel-time category of a CUDA kernel name (see CATEGORIES); "other" when nothing matches."""
-    name = kernel.lower()
+    # PyTorch's strided elementwise kernels are templated on gpu_kernel_impl_nocast: that "cast" names no cast
+    # (a mul over non-contiguous views read as casts/copies before; benchmarks/results/train_mamba2_vs_rodimus_*)
+    name = kernel.lower().replace("_impl_nocast", "_impl")
     for category, needles in CATEGORIES:
         if any(n in name for n in needles):
             return category
