@@ -11,6 +11,11 @@ Differences from the reference Mamba2 block, on purpose: B and C may have differ
 attention-derived init gives C one group per query head from W_q, B one group per KV head from W_k), x/B/C are
 separate projections with optional biases (Qwen2's q/k/v carry biases), the conv activation can be turned off, and
 the output norm is per head (heads stay independent, like the attention heads they replace).
+
+The sequence path runs through the fused ops Rodimus uses (`kernel_backend`, "auto" = Triton on CUDA): one
+projection for [x | B | C], conv + SiLU in one kernel (ops/conv), and the per-head norm as rows of P channels of
+ops/norm's gated RMSNorm, its per-channel weight folded into out_proj. On an H200 the torch glue these replace was
+62% of a Mamba2-1.5B training step's kernel time (benchmarks/results/train_mamba2_vs_rodimus_h200_2026-12-02.json).
 """
 from __future__ import annotations
 
@@ -22,8 +27,9 @@ from torch.utils.checkpoint import checkpoint
 from torch import nn
 
 from ..ops import decode as decode_ops
-from ..ops.conv import causal_conv1d, causal_conv1d_step
+from ..ops.conv import causal_conv1d, causal_conv1d_silu, causal_conv1d_step
 from ..ops.gla import gla, gla_step
+from ..ops.norm import gated_rms_norm, rms_norm
 
 
 class Mamba2Mixer(nn.Module):
@@ -45,6 +51,7 @@ class Mamba2Mixer(nn.Module):
         dt_max: float = 1e-1,
         gla_backend: str = "auto",
         decode_backend: str = "auto",
+        kernel_backend: str = "auto",
     ):
         super().__init__()
         if num_heads % num_b_groups or num_heads % num_c_groups:
@@ -57,6 +64,7 @@ class Mamba2Mixer(nn.Module):
         self.num_b_groups, self.num_c_groups = num_b_groups, num_c_groups
         self.conv_size, self.use_gate, self.conv_activation = conv_size, use_gate, conv_activation
         self.norm_eps, self.gla_backend, self.decode_backend = norm_eps, gla_backend, decode_backend
+        self.kernel_backend = kernel_backend
         self.dt_min, self.dt_max = dt_min, dt_max
         self.conv_channels = H * P + (num_b_groups + num_c_groups) * N
 
@@ -112,7 +120,7 @@ class Mamba2Mixer(nn.Module):
         (conv_state [B, C, K-1], ssm_state [B, H, N, P] float32). T = 1 with both states given is a decode step."""
         Bsz, T, _ = h.shape
         H, P = self.num_heads, self.head_dim
-        xbc = torch.cat((self.x_proj(h), self.b_proj(h), self.c_proj(h)), dim=-1)
+        xbc = self._project_xbc(h, stacked=T > 1)
         dt = F.softplus(self.dt_proj(h).float() + self.dt_bias.float())  # [B, T, H]
         if padding_mask is not None:
             # padded positions must not enter the conv history, and must leave the state unchanged (dt = 0)
@@ -123,11 +131,14 @@ class Mamba2Mixer(nn.Module):
         if decoding:
             xbc_conv, new_conv = causal_conv1d_step(xbc[:, 0], self.conv_weight, self.conv_bias, conv_state)
             xbc_conv = xbc_conv.unsqueeze(1)
+            if self.conv_activation:
+                xbc_conv = F.silu(xbc_conv)
+        elif self.conv_activation:
+            xbc_conv, new_conv = causal_conv1d_silu(xbc, self.conv_weight, self.conv_bias, conv_state,
+                                                    output_final_state=use_cache, backend=self.kernel_backend)
         else:
             xbc_conv, new_conv = causal_conv1d(xbc, self.conv_weight, self.conv_bias, conv_state,
                                                output_final_state=use_cache)
-        if self.conv_activation:
-            xbc_conv = F.silu(xbc_conv)
         if padding_mask is not None:
             xbc_conv = xbc_conv * padding_mask.unsqueeze(-1).to(xbc_conv.dtype)
         x, b, c = xbc_conv.split([H * P, self.num_b_groups * self.state_size, self.num_c_groups * self.state_size], -1)
@@ -144,26 +155,44 @@ class Mamba2Mixer(nn.Module):
                              backend=self.gla_backend)
         return self._readout(o, x, h), ((new_conv, new_ssm) if use_cache else None)
 
-    def _readout(self, o: torch.Tensor, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        """o, x [..., H, P] -> out_proj(RMSNorm_per_head((o + D x) [* SiLU(z)])), in h's dtype."""
-        z = self.z_proj(h) if self.z_proj is not None else None
-        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (o, x, z)):
-            # the float32 intermediates would be kept for backward: about 50 KiB per token and layer at the 130m
-            # shape, most of mamba2's training memory (benchmarks/results/matched_130m_h200_2026-12-02); recomputing
-            # these elementwise ops keeps only o, x and z
-            y = checkpoint(self._gated_head_norm, o, x, z, h.dtype, use_reentrant=False)
-        else:
-            y = self._gated_head_norm(o, x, z, h.dtype)
-        return self.out_proj(y)
+    def _project_xbc(self, h: torch.Tensor, stacked: bool) -> torch.Tensor:
+        """[x | B | C] of h [..., d]. stacked (a sequence): one matmul with the three weights stacked (no
+        activation-sized concatenation forward or split backward); a decode token keeps three matmuls, since
+        stacking the weights every step would read them twice."""
+        projections = (self.x_proj, self.b_proj, self.c_proj)
+        if not stacked:
+            return torch.cat([proj(h) for proj in projections], dim=-1)
+        bias = None if self.x_proj.bias is None else torch.cat([proj.bias for proj in projections])
+        return F.linear(h, torch.cat([proj.weight for proj in projections]), bias)
 
-    def _gated_head_norm(self, o: torch.Tensor, x: torch.Tensor, z: torch.Tensor | None,
-                         dtype: torch.dtype) -> torch.Tensor:
+    def _readout(self, o: torch.Tensor, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """o, x [..., H, P] -> out_proj(RMSNorm_per_head((o + D x) [* SiLU(z)]) * norm_weight), in h's dtype; the
+        norm weight multiplies out_proj's columns instead of the activations (the same product)."""
+        z = self.z_proj(h) if self.z_proj is not None else None
+        fused = o.is_cuda and self.kernel_backend != "torch"
+        if not fused and torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (o, x, z)):
+            # the torch spec keeps float32 intermediates for backward: about 50 KiB per token and layer at the 130m
+            # shape (benchmarks/results/matched_130m_h200_2026-12-02); recomputing them keeps only o, x and z. The
+            # Triton kernels recompute in their own backward.
+            y = checkpoint(self._head_norm, o, x, z, h.dtype, use_reentrant=False)
+        else:
+            y = self._head_norm(o, x, z, h.dtype)
+        return F.linear(y, self.out_proj.weight * self.norm_weight.to(self.out_proj.weight.dtype))
+
+    def _head_norm(self, o: torch.Tensor, x: torch.Tensor, z: torch.Tensor | None,
+                   dtype: torch.dtype) -> torch.Tensor:
+        """(o + D x) [* SiLU(z)], RMS-normalised over each head's P channels (no weight): [..., H*P] in `dtype`.
+        Rows of P channels through ops/norm (D is per head, so it scales x before the op's unit skip scale)."""
         H, P = self.num_heads, self.head_dim
-        y = o.float() + self.D.float()[:, None] * x.float()
-        if z is not None:
-            y = y * F.silu(z.float()).unflatten(-1, (H, P))
-        y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + self.norm_eps)
-        return (y.flatten(-2) * self.norm_weight.float()).to(dtype)
+        unit = torch.ones(P, device=o.device, dtype=torch.float32)
+        skip = x * self.D.to(x.dtype)[:, None]
+        rows = o.shape[:-2]
+        if z is None:
+            y = rms_norm((o + skip).reshape(-1, P), unit, self.norm_eps, out_dtype=dtype, backend=self.kernel_backend)
+        else:
+            y = gated_rms_norm(o.reshape(-1, P), z.reshape(-1, P), unit, self.norm_eps, out_dtype=dtype,
+                               skip=skip.reshape(-1, P), skip_scale=unit, backend=self.kernel_backend)
+        return y.reshape(*rows, H * P)
 
     @torch.no_grad()
     def step(self, h: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor) -> torch.Tensor:

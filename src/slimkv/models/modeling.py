@@ -48,7 +48,8 @@ class RodimusLayer(GradientCheckpointingLayer):
         elif kind == "mamba2":
             self.mixer = Mamba2Mixer(d, config.inner_size // MAMBA2_HEAD_DIM, MAMBA2_HEAD_DIM, config.mem_size,
                                      conv_size=config.conv_size, use_gate=True, norm_eps=config.rms_norm_eps,
-                                     gla_backend=config.gla_backend, decode_backend=config.decode_backend)
+                                     gla_backend=config.gla_backend, decode_backend=config.decode_backend,
+                                     kernel_backend=config.kernel_backend)
         else:
             self.mixer = GLAMixer(d, config.num_heads, config.mem_size, norm_eps=config.rms_norm_eps,
                                   gla_backend=config.gla_backend)
