@@ -26,7 +26,8 @@ class RodimusConfig(PreTrainedConfig):
         rope_theta, rotary_dim: RoPE base and rotated dims (None = full head dim).
         gla_backend / attn_backend: "auto" (Triton/Flex on CUDA, chunked PyTorch elsewhere) or a named backend.
         decode_backend: the one-token step kernels (ops/decode): "auto" (fused Triton on CUDA), "torch" or "triton".
-        kernel_backend: the fused elementwise ops of the sequence path (norms, DDTS gates, conv + SiLU, SwiGLU, the
+        kernel_backend: the fused elementwise ops of the sequence path (norms, Mamba2's per-head norm, DDTS gates, conv +
+            SiLU, SwiGLU, the
             chunked loss): "auto" (Triton on CUDA), "torch" (the plain PyTorch specs) or "triton".
     """
 
