@@ -27,8 +27,7 @@ class RodimusConfig(PreTrainedConfig):
         gla_backend / attn_backend: "auto" (Triton/Flex on CUDA, chunked PyTorch elsewhere) or a named backend.
         decode_backend: the one-token step kernels (ops/decode): "auto" (fused Triton on CUDA), "torch" or "triton".
         kernel_backend: the fused elementwise ops of the sequence path (norms, Mamba2's per-head norm, DDTS gates, conv +
-            SiLU, SwiGLU, the
-            chunked loss): "auto" (Triton on CUDA), "torch" (the plain PyTorch specs) or "triton".
+            SiLU, SwiGLU, the chunked loss): "auto" (Triton on CUDA), "torch" (the plain PyTorch specs) or "triton".
     """
 
     model_type = "slimkv_rodimus"
