@@ -264,7 +264,7 @@ def table(results: dict) -> str:
              [f"saved at {int(lengths[0]) // 1024}K", "train tokens"]
     decode = next((row["decode"]["context"] for row in rows.values() if "decode" in row), None)
     if decode:
-        header.append(f"decode ms/token at {decode // 1024}K")
+        header.append(f"decode ms/token after {decode:,} tokens")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, row in rows.items():
         niah = "/".join(f"{sum(cells) / len(cells):.2f}" for cells in row["niah"]["accuracy"])
@@ -316,22 +316,30 @@ def plot(results: dict, path: Path) -> None:
     rows = results["rows"]
     first = next(iter(rows["original"]["cache_bytes"]))
     fig, (ax_ppl, ax_niah, ax_loss) = plt.subplots(1, 3, figsize=(15, 4.2))
+    # one colour per variant in all three panels (a run "mamba2-B" is variant "mamba2")
+    colours = {name: f"C{i}" for i, name in enumerate(rows)}
     for i, (name, row) in enumerate(rows.items()):
         x = row["cache_bytes"][first]["bfloat16"] / 2**20
-        ax_ppl.scatter(x, row["ppl"], s=30)
+        ax_ppl.scatter(x, row["ppl"], s=30, color=colours[name])
         ax_ppl.annotate(name, (x, row["ppl"]), fontsize=8, xytext=(3, 3), textcoords="offset points")
         lengths = row["niah"]["lengths"]
         # each line offset by 0.012 so that models with the same accuracy stay visible
         ax_niah.plot(lengths, [sum(c) / len(c) + 0.012 * (i - len(rows) / 2) for c in row["niah"]["accuracy"]],
-                     marker="o", label=name, alpha=0.85)
+                     marker="o", label=name, alpha=0.85, color=colours[name])
     for run in sorted(Path(results["plan"]["out"], "runs").glob("*-B/recurformer.json")) + sorted(
             Path(results["plan"]["out"], "runs").glob("control/recurformer.json")):
         curve = loss_curve(run.parent)
-        ax_loss.plot(list(curve), list(curve.values()), label=run.parent.name)
+        variant = run.parent.name.removesuffix("-B")
+        ax_loss.plot(list(curve), list(curve.values()), label=run.parent.name, color=colours.get(variant))
     ax_ppl.set(xlabel=f"decode cache at {int(first) // 1024}K tokens (MiB, bf16)", ylabel="held-out perplexity",
                yscale="log", title="quality vs cache budget")
+    ax_ppl.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax_ppl.yaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
     ax_niah.set(xlabel="context length (tokens)", ylabel="passkey exact match", ylim=(-0.08, 1.08), xscale="log",
                 title="passkey retrieval (lines offset slightly)")
+    niah_lengths = rows["original"]["niah"]["lengths"]
+    ax_niah.set_xticks(niah_lengths, [f"{n // 1024}K" if n % 1024 == 0 else str(n) for n in niah_lengths])
+    ax_niah.minorticks_off()
     ax_loss.set(xlabel="Stage B step", ylabel="training loss (CE + KL)", title="Stage B loss curves")
     for ax in (ax_niah, ax_loss):
         ax.legend(fontsize=7)
