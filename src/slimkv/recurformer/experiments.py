@@ -342,7 +342,8 @@ def plot(results: dict, path: Path) -> None:
     ax_niah.minorticks_off()
     ax_loss.set(xlabel="Stage B step", ylabel="training loss (CE + KL)", title="Stage B loss curves")
     for ax in (ax_niah, ax_loss):
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:  # a results.json without its runs/ folder has no loss curves
+            ax.legend(fontsize=7)
     fig.suptitle(f"RecurFormer on {Path(results['source']).name}, ratio {results['plan']['ratio']} "
                  f"(commit {str(results['header'].get('git_commit'))[:12]})", fontsize=9)
     fig.tight_layout()
