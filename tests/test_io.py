@@ -196,3 +196,23 @@ def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
         except UserError:
             assert time.time() < deadline
             time.sleep(0.05)
+
+
+def test_a_waiting_lock_takes_over_when_the_holder_releases(tmp_path, caplog):
+    path = tmp_path / ".lock"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from slimkv.io import FileLock; lock = FileLock(sys.argv[1], 'x').acquire(); "
+        "print('held', flush=True); time.sleep(1.0); lock.release(); time.sleep(60)"), str(path)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        started = time.perf_counter()
+        with caplog.at_level("INFO", logger="slimkv.io"):
+            with sio.FileLock(path, what="the shard", wait=True):
+                waited = time.perf_counter() - started
+                assert path.read_text().strip() == str(os.getpid())
+        assert waited > 0.5  # it waited for the release, it did not fail or skip the lock
+        assert f"waiting for PID {holder.pid}, which holds the shard" in caplog.text
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()

@@ -25,6 +25,7 @@ import errno
 import fcntl
 import io
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -35,6 +36,7 @@ from typing import BinaryIO, Callable, Iterable, Iterator
 from .errors import UserError
 
 MANIFEST = ".slimkv-output.json"
+logger = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------------- files
@@ -252,10 +254,12 @@ class FileLock:
 
     The holder writes its PID into the file, so a second process gets one line naming it. The kernel drops the
     lock when the holder exits, however it exits, so a killed run never leaves a stale lock behind.
+    wait=True: a second process waits for the holder instead of failing (work that several processes would
+    otherwise all do, such as tokenising the same text into the same shard, then happens once).
     """
 
-    def __init__(self, path: str | os.PathLike, what: str):
-        self.path, self.what = Path(path), what
+    def __init__(self, path: str | os.PathLike, what: str, wait: bool = False):
+        self.path, self.what, self.wait = Path(path), what, wait
         self._fd: int | None = None
 
     def acquire(self) -> "FileLock":
@@ -265,9 +269,16 @@ class FileLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = _read_pid(fd)
-            os.close(fd)
-            raise UserError(f"{self.what} is in use by another process (PID {holder}); wait for it to finish or "
-                            "stop it first") from None
+            if not self.wait:
+                os.close(fd)
+                raise UserError(f"{self.what} is in use by another process (PID {holder}); wait for it to finish "
+                                "or stop it first") from None
+            logger.info("waiting for PID %s, which holds %s", holder, self.what)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except BaseException:
+                os.close(fd)
+                raise
         except BaseException:
             os.close(fd)
             raise

@@ -13,11 +13,12 @@ Every cached file is checked (sha256) before reuse, so a second call takes secon
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -27,6 +28,7 @@ from slimkv.data.shards import PackedDataset, encode_split_file, load_shard, uni
 from slimkv.data.tokenizer import (backend_of, document_separator_id, load_tokenizer, tokenizer_sha256,
                                    train_tokenizer)
 from slimkv.data.user_text import UserTextInfo, prepare_user_text
+from slimkv.io import FileLock
 
 
 @dataclass
@@ -96,6 +98,23 @@ def _trained_tokenizer(corpus: CorpusInfo | UserTextInfo, vocab_size: int, progr
     return folder / "tokenizer.json", seconds
 
 
+@contextlib.contextmanager
+def _preparing(target: Path) -> Iterator[None]:
+    """Held while `target` (a tokenizer folder, a shard) is checked and, if needed, built: processes started
+    together on one data directory (docs/recurformer.md: four at once spent five minutes each tokenising the same
+    text) build it once, the others wait and then find it current. A data directory where no lock file can be
+    made (read-only, already prepared) is read without one, as before."""
+    try:
+        lock = FileLock(target.with_name(f".{target.name}.lock"), what=f"preparing {target}", wait=True).acquire()
+    except OSError:
+        lock = None
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
+
+
 def _shard_is_current(bin_path: Path, text_sha: str, tokenizer_sha: str) -> dict | None:
     try:
         _, meta = load_shard(bin_path, verify=True)
@@ -132,7 +151,8 @@ def prepare_data(data_dir: Path | str | None = None, vocab_size: int = 8192, seq
 
     start = time.perf_counter()
     if tokenizer is None:
-        tokenizer_path, trained_seconds = _trained_tokenizer(corpus, vocab_size, progress)
+        with _preparing(corpus.data_dir / "tokenizers" / f"bpe-{vocab_size}-{corpus.split_sha256('train')[:12]}"):
+            tokenizer_path, trained_seconds = _trained_tokenizer(corpus, vocab_size, progress)
         if trained_seconds:
             timings["tokenizer_train"] = round(trained_seconds, 3)
     else:
@@ -149,9 +169,10 @@ def prepare_data(data_dir: Path | str | None = None, vocab_size: int = 8192, seq
     for split in SPLITS:
         bin_path = shard_dir / f"{split}.bin"
         text_sha = corpus.split_sha256(split)
-        meta = _shard_is_current(bin_path, text_sha, tok_sha)
-        if meta is None:
-            meta = encode_split_file(corpus.split_path(split), loaded, bin_path, progress=progress)
+        with _preparing(bin_path):
+            meta = _shard_is_current(bin_path, text_sha, tok_sha)
+            if meta is None:
+                meta = encode_split_file(corpus.split_path(split), loaded, bin_path, progress=progress)
         shards[split], metas[split] = bin_path, meta
         if (meta["num_tokens"] - 1) // seq_len < 1:
             raise ValueError(f"the {split} split has {meta['num_tokens']} tokens, too few for one sequence of "
