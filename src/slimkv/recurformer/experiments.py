@@ -150,7 +150,8 @@ def iter_variants(plan: ExperimentPlan, source: Path):
     profile = out / "profile.json"
     if not profile.is_file():
         profile_units(ProfileConfig(model=str(source), num_sequences=plan.profile_sequences,
-                                    seq_len=plan.profile_seq_len, json=str(profile), png=str(out / "profile.png")),
+                                    seq_len=plan.profile_seq_len, json=str(profile), png=str(out / "profile.png"),
+                                    device=plan.device),
                       progress=False)
     gates = None
     for variant in plan.variants:

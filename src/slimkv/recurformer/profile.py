@@ -18,11 +18,12 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
 
 from ..config import check_ranges, ranged, setting
+from ..device import resolve_device
 from ..io import atomic_write, atomic_write_text
 from ..models.recurformer import attention_geometry, check_family
 from ..ops.rope import apply_rope
@@ -71,10 +72,10 @@ def recency_ratio_sums(q, k, windows, scale, sliding_window=None, query_chunk=25
     k_max = min(max(windows), T - 1)
     # band_lse[b, i, h, d] = log-sum-exp of the scores of query i on keys i-d..i; full_lse on all visible keys.
     # Both come from one [chunk, keys] score block per query chunk: the band is gathered from its diagonals.
-    band_lse = torch.empty(B, T, H, k_max + 1)
-    full_lse = torch.empty(B, T, H)
-    idx = torch.arange(T)
-    offsets = torch.arange(k_max + 1)
+    band_lse = torch.empty(B, T, H, k_max + 1, device=q.device)
+    full_lse = torch.empty(B, T, H, device=q.device)
+    idx = torch.arange(T, device=q.device)
+    offsets = torch.arange(k_max + 1, device=q.device)
     for start in range(0, T, query_chunk):
         stop = min(start + query_chunk, T)
         scores = torch.einsum("bihd,bjhd->bihj", q[:, start:stop], k[:, :stop]) * scale
@@ -167,6 +168,7 @@ def profile_model(model, input_ids: torch.Tensor, windows=DEFAULT_WINDOWS, windo
     scale = getattr(config, "query_pre_attn_scalar", None) or geo.head_dim
     scale = scale ** -0.5
     layers = model.model.layers
+    device = next(model.parameters()).device
     sums = torch.zeros(len(layers), len(windows), geo.num_heads, dtype=torch.float64)
     counts = torch.zeros(len(windows), dtype=torch.float64)
 
@@ -178,7 +180,7 @@ def profile_model(model, input_ids: torch.Tensor, windows=DEFAULT_WINDOWS, windo
             q = apply_rope(module.q_proj(h).view(B, L, -1, geo.head_dim), cos, sin)
             k = apply_rope(module.k_proj(h).view(B, L, -1, geo.head_dim), cos, sin)
             s, c = recency_ratio_sums(q, k, windows, scale, sliding)
-            sums[layer_idx] += s.double()
+            sums[layer_idx] += s.double().cpu()
             if layer_idx == 0:
                 counts.add_(c)
         return hook
@@ -187,7 +189,7 @@ def profile_model(model, input_ids: torch.Tensor, windows=DEFAULT_WINDOWS, windo
     try:
         model.eval()
         for start in tqdm(range(0, N, batch_size), desc="profile", unit="batch", disable=not progress):
-            model(input_ids=input_ids[start:start + batch_size], use_cache=False)
+            model(input_ids=input_ids[start:start + batch_size].to(device), use_cache=False)
     finally:
         for handle in handles:
             handle.remove()
@@ -220,6 +222,9 @@ class ProfileConfig:
     seq_len: int = ranged(512, ge=2)
     # sequences per forward pass
     batch_size: int = ranged(4, ge=1)
+    # where the model runs (float32): auto = cuda when present (on a CPU the profile of 16 x 512 tokens took
+    # minutes beside other jobs on the H200 machine, docs/recurformer.md)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     # write the profile as JSON here (what `recurformer convert --profile` reads)
     json: Optional[str] = setting(None, metavar="FILE")
     # write a heatmap (layers x KV units, layers x query heads) here
@@ -238,7 +243,7 @@ def profile(config: ProfileConfig, progress: bool = True) -> RecencyProfile:
                                 "`slimkv fetch smollm2`")
     check_family(AutoConfig.from_pretrained(config.model))
     text, source = calibration_text(config.data)
-    model = AutoModelForCausalLM.from_pretrained(config.model, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(config.model, dtype=torch.float32).to(resolve_device(config.device))
     tokenizer = AutoTokenizer.from_pretrained(config.model)
     ids = calibration_batches(tokenizer, text, config.num_sequences, config.seq_len, config.window)
     result = profile_model(model, ids, config.windows, config.window, config.batch_size, progress=progress,
