@@ -145,14 +145,33 @@ def test_table_and_plot_from_a_report():
 def test_on_device_checker_passes_on_tiny_shapes():
     lines = []
     results = fused_checks.run_checks("tiny", log=lines.append)
-    assert len(results) == 20 and all(r["passed"] for r in results), [r for r in results if not r["passed"]]
-    assert sum(line.endswith(" ok") for line in lines) == 20
+    assert len(results) == 22 and all(r["passed"] for r in results), [r for r in results if not r["passed"]]
+    assert sum(line.endswith(" ok") for line in lines) == 22
+    mixer = [r for r in results if r["op"] == "mamba2 mixer"]
+    assert len(mixer) == 2 and {"dh", "dx_proj.weight", "ssm_state"} <= set(mixer[0]["errors"])
     # a wrong "fast path" is caught: here it drops a factor of 2 against its spec
     def doubled(u, backend):
         return u[:, :3] * (1.0 if backend == "triton" else 2.0)
 
     bad = fused_checks._compare("toy", torch.float32, "[2, 6]", doubled, [torch.randn(2, 6)])
     assert not bad["passed"] and bad["errors"]["out0"] == pytest.approx(0.5)
+
+
+@pytest.mark.skipif(not INTERPRETED, reason="the tiny scale is for the CPU interpreter")
+def test_mamba2_mixer_check_catches_a_wrong_fused_glue(monkeypatch):
+    import slimkv.layers.mamba2 as mamba2_layer
+
+    device = torch.device("cpu")
+    good = fused_checks._mamba2_checks(fused_checks.SHAPES["tiny"], device, fused_checks._gen(device))
+    assert all(r["passed"] for r in good) and max(good[0]["errors"].values()) < 1e-5
+    fused = mamba2_layer.gated_rms_norm
+
+    def skip_twice(*args, backend, skip_scale=None, **kw):  # the fused path adds D x twice, the spec once
+        return fused(*args, backend=backend, skip_scale=2 * skip_scale if backend != "torch" else skip_scale, **kw)
+
+    monkeypatch.setattr(mamba2_layer, "gated_rms_norm", skip_twice)
+    bad = fused_checks._mamba2_checks(fused_checks.SHAPES["tiny"], device, fused_checks._gen(device))
+    assert not bad[0]["passed"] and bad[0]["errors"]["out"] > 1e-2 and bad[1]["passed"]  # only the gated mixer
 
 
 @pytest.mark.slow

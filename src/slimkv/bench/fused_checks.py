@@ -210,6 +210,41 @@ def _graph_checks(s, device, gen) -> list[dict]:
     return out
 
 
+def _mamba2_checks(s, device, gen) -> list[dict]:
+    """The Mamba2 mixer's fused glue (layers/mamba2.py: stacked x/B/C projection, conv + SiLU kernel, per-head norm
+    through ops/norm, norm weight folded into out_proj) against its torch glue in float64. Both sides run the
+    chunked torch GLA, so the check isolates the glue (the GLA kernel has its own checks, _gla_checks)."""
+    from slimkv.layers.mamba2 import Mamba2Mixer
+
+    d, T = s["d"], s["T"]
+    P = 64 if d >= 512 else 8
+    B = max(1, s["N"] // T)
+    out = []
+    for gate in (True, False):
+        fast = Mamba2Mixer(d, d // P, P, state_size=s["m"], use_gate=gate, gla_backend="chunked",
+                           kernel_backend="triton").to(device)
+        fast.reset_parameters()
+        spec = Mamba2Mixer(d, d // P, P, state_size=s["m"], use_gate=gate, gla_backend="chunked",
+                           kernel_backend="torch").to(device, torch.float64)
+        spec.load_state_dict(fast.state_dict())
+        h = torch.randn(B, T, d, device=device, generator=gen)
+        results = []
+        for mixer, x in ((fast, h), (spec, h.double())):
+            x = x.clone().requires_grad_(True)
+            with nan_filled_empty() if mixer is fast else contextlib.nullcontext():
+                y, (conv_state, ssm_state) = mixer(x, use_cache=True)
+            weight = torch.randn(y.shape, device=device, generator=torch.Generator(device).manual_seed(1))
+            grads = torch.autograd.grad((y.double() * weight.double()).sum(), [x, *mixer.parameters()])
+            results.append([y, conv_state, ssm_state, *grads])
+        names = ["out", "conv_state", "ssm_state", "dh"] + [f"d{n}" for n, _ in fast.named_parameters()]
+        errors = {n: relative_error(a, b) for n, a, b in zip(names, *results)}
+        worst = max(errors.values())
+        out.append({"op": "mamba2 mixer", "dtype": "float32", "shape": f"B {B} T {T} d {d} heads {d // P}x{P} "
+                    f"state {s['m']}{' gated' if gate else ''}", "reference": "torch glue, float64",
+                    "errors": errors, "bound": 1e-4, "passed": bool(worst == worst and worst <= 1e-4)})
+    return out
+
+
 def _gla_checks() -> list[dict]:
     """The GLA op with the folded backward (ops/gla/triton): the checks of `slimkv bench kernels`, Rodimus shapes."""
     from .kernels import Shape, check_one
@@ -240,6 +275,7 @@ def run_checks(scale: str = "model", log: Callable[[str], None] = logger.info, g
                  (f"causal_conv1d_silu {label}", lambda d=dtype: _conv_checks(s, device, d, gen)),
                  (f"swiglu {label}", lambda d=dtype: _swiglu_checks(s, device, d, gen))]
     jobs.append(("linear_cross_entropy", lambda: _ce_checks(s, device, gen)))
+    jobs.append(("mamba2 mixer", lambda: _mamba2_checks(s, device, gen)))
     if device.type == "cuda":
         jobs.append(("cuda graphs", lambda: _graph_checks(s, device, gen)))
         if gla:
