@@ -1,15 +1,20 @@
-"""The results page of `slimkv recurformer experiment` (table + PNG) from a real GPU run's results.json."""
+"""The results page of `slimkv recurformer experiment` (table + PNG), and `--merge` of parts run side by side,
+on a real GPU run's results (docs/recurformer/gpu_smollm2_2026-12-02c: three processes, merged)."""
 import json
+import shutil
 from pathlib import Path
 
-from slimkv.recurformer.experiments import plot, table
+import pytest
 
-RESULTS = Path(__file__).resolve().parents[2] / "docs" / "recurformer" / "gpu_smollm2_2026-12-02c.json"
+from slimkv.cli.main import main
+from slimkv.recurformer.experiments import ExperimentPlan, merge_experiments, plot, table
+
+RUN = Path(__file__).resolve().parents[2] / "docs" / "recurformer" / "gpu_smollm2_2026-12-02c"
 
 
 def _results(tmp_path: Path) -> dict:
-    results = json.loads(RESULTS.read_text())
-    results["plan"]["out"] = str(tmp_path)  # no runs/ folder here: the loss panel stays empty
+    results = json.loads((RUN / "results.json").read_text())
+    results["plan"]["out"] = str(tmp_path)  # no runs/ folder here: no loss curves, no train tokens
     return results
 
 
@@ -30,3 +35,39 @@ def test_plot_writes_a_png(tmp_path):
     plot(_results(tmp_path), out)
     data = out.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+
+
+def _parts(tmp_path: Path) -> list[str]:
+    shutil.copytree(RUN / "parts", tmp_path / "parts")
+    return [str(tmp_path / "parts" / name) for name in ("rf1", "rf2", "rf3")]
+
+
+def test_merge_reproduces_the_published_table(tmp_path, capsys):
+    parts = _parts(tmp_path)
+    out = tmp_path / "merged"
+    assert main(["recurformer", "experiment", "--merge", ",".join(parts), "--out", str(out)]) == 0
+    merged = json.loads((out / "results.json").read_text())
+    assert list(merged["rows"]) == ["original", "control", "window", "mamba2", "ddts"]
+    # the train-tokens column comes from the copied run records: the same table as the page's
+    assert (out / "results.md").read_text() == (RUN / "results.md").read_text()
+    assert (out / "results.md").read_text().strip() in capsys.readouterr().out
+    assert sorted(p.name for p in (out / "runs").iterdir()) == [
+        "control", "ddts-A", "ddts-B", "mamba2-A", "mamba2-B", "random-A", "window-B"]
+    assert len(merged["duplicates"]["original"]) == 3 and len(set(merged["duplicates"]["original"].values())) == 1
+    assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_merge_refuses_other_plans_and_existing_results(tmp_path):
+    parts = _parts(tmp_path)
+    other = json.loads(Path(parts[1], "results.json").read_text())
+    other["plan"]["steps_b"] = 60
+    Path(parts[1], "results.json").write_text(json.dumps(other))
+    with pytest.raises(ValueError, match=r"ran another plan than .*rf1 \(steps_b: 60 vs 120\)"):
+        merge_experiments(ExperimentPlan(out=str(tmp_path / "m"), merge=tuple(parts)))
+    assert not (tmp_path / "m").exists()  # nothing written
+    with pytest.raises(ValueError, match="no results.json in"):
+        merge_experiments(ExperimentPlan(out=str(tmp_path / "m"), merge=(str(tmp_path / "nowhere"),)))
+    before = (RUN / "results.json").read_bytes()
+    with pytest.raises(ValueError, match="already holds results"):
+        merge_experiments(ExperimentPlan(out=str(RUN), merge=tuple(parts[:1])))
+    assert (RUN / "results.json").read_bytes() == before

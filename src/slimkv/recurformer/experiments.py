@@ -92,6 +92,9 @@ class ExperimentPlan:
     decode_tokens: int = ranged(64, ge=2)
     # where the evaluations run: auto = cuda when present
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # instead of running: merge the results.json of these experiment folders (variants run side by side in
+    # separate processes with the same plan, e.g. on one GPU) into --out: one table, one PNG
+    merge: tuple[str, ...] = setting((), metavar="DIR,...")
 
 
 def check_plan(plan: ExperimentPlan) -> None:
@@ -215,10 +218,70 @@ def evaluate_folder(folder: Path, plan: ExperimentPlan, heldout: torch.Tensor, d
     return row
 
 
+# plan fields that may differ between the parts of a merge: everything else must match
+_PER_PART = ("out", "variants", "merge", "device")
+
+
+def merge_experiments(plan: ExperimentPlan) -> dict:
+    """One results folder from experiments run apart with the same plan: rows in VARIANTS order (a variant that
+    several parts scored, such as the original, from the first part, the others' perplexities kept under
+    "duplicates"), the runs' training records copied (recurformer.json, metrics.jsonl: the loss curves; no
+    weights), results.json / .md / .png written to plan.out, which must not hold results yet."""
+    import shutil
+
+    out = Path(plan.out)
+    if (out / "results.json").exists():
+        raise ValueError(f"{str(out)!r} already holds results (results.json); choose another --out")
+    parts = []
+    for folder in plan.merge:
+        path = Path(folder) / "results.json"
+        if not path.is_file():
+            raise ValueError(f"--merge: no results.json in {folder}")
+        parts.append((Path(folder), json.loads(path.read_text())))
+    first_dir, first = parts[0]
+    for folder, part in parts[1:]:
+        for key in sorted(set(first["plan"]) | set(part["plan"])):
+            if key not in _PER_PART and first["plan"].get(key) != part["plan"].get(key):
+                raise ValueError(f"--merge: {folder} ran another plan than {first_dir} ({key}: "
+                                 f"{part['plan'].get(key)!r} vs {first['plan'].get(key)!r})")
+    rows, duplicates = {}, {}
+    for variant in VARIANTS:
+        scored = [(folder, part["rows"][variant]) for folder, part in parts if variant in part["rows"]]
+        if scored:
+            rows[variant] = scored[0][1]
+            if len(scored) > 1:
+                duplicates[variant] = {str(folder): row["ppl"] for folder, row in scored}
+    if not rows:
+        raise ValueError("--merge: the folders hold no scored variant")
+    for folder, _ in parts:
+        for record in sorted((folder / "runs").glob("*/recurformer.json")):
+            target = out / "runs" / record.parent.name
+            if target.exists():
+                continue  # the same run (the control, say) in two parts: the first one's record
+            target.mkdir(parents=True)
+            for name in ("recurformer.json", "metrics.jsonl"):
+                if (record.parent / name).is_file():
+                    shutil.copy2(record.parent / name, target / name)
+    results = {
+        "rows": rows,
+        "plan": {**first["plan"], "out": str(out), "variants": list(rows), "merge": [str(f) for f, _ in parts]},
+        "header": first["header"], "source": first["source"],
+        "merged_from": {str(folder): list(part["rows"]) for folder, part in parts}, "duplicates": duplicates,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "results.json", json.dumps(results, indent=1) + "\n")
+    atomic_write_text(out / "results.md", table(results) + "\n")
+    plot(results, out / "results.png")
+    return results
+
+
 def run_experiments(plan: ExperimentPlan) -> dict:
     """Build, train and evaluate every variant of `plan` (skipping the steps whose outputs exist); returns the
-    results (what results.json holds)."""
+    results (what results.json holds). With plan.merge: `merge_experiments` instead."""
     from transformers import AutoConfig, AutoTokenizer
+
+    if plan.merge:
+        return merge_experiments(plan)
 
     from ..machine import machine_header
     from ..data import fetch_corpus, read_split_documents
