@@ -4,12 +4,15 @@
 # unpack them there into the same data/ layout, where the project's own fetch code finds them by their sha256.
 #
 #   here:  bash benchmarks/gpu/assets.sh pack .assets 56 data/downloads/smollm2-135m-instruct data/corpus data/reference
-#          -> .assets/part-01 .. part-NN (each <= 56 MiB), .assets/manifest.sha256; carry one part per call
-#   there: bash benchmarks/gpu/assets.sh keep .assets-1            # a call before the last: copy its pieces to /tmp
-#          bash benchmarks/gpu/assets.sh unpack .assets-3          # the last call: join all pieces, check, extract
+#          -> .assets/part-00 .. part-NN (each <= 56 MiB), .assets/manifest.sha256, and one folder per piece
+#             (.assets/00, .assets/01, ...: its part and the manifest, hard links); carry one folder per call
+#   there: bash benchmarks/gpu/assets.sh keep .assets/00            # a call before the last: copy its piece to /tmp
+#          bash benchmarks/gpu/assets.sh unpack .assets/02          # the last call: join all pieces, check, extract
 #
 # The machine goes back 30 s after a call: make the calls back to back (each can do other work meanwhile).
-# SmolLM2-135M (98 MB GGUF) + corpus + Debian text pack into about 117 MiB: three calls; Qwen2.5-0.5B's 491 MB: nine.
+# SmolLM2-135M (98 MB GGUF) + corpus + Debian text pack into about 117 MiB: two or three calls. A quantised GGUF
+# hardly compresses: XZ_LEVEL=0 packs Qwen2.5-0.5B's 491 MB in 40 s instead of minutes, eight pieces of 59 MiB
+# (2026-12-02). Two sets on one machine need two stores: SLIMKV_PIECES=/tmp/qwen-pieces on its keep and unpack.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 STORE="${SLIMKV_PIECES:-/tmp/slimkv-pieces}"
@@ -18,8 +21,11 @@ case "${1:-}" in
     out="$2"; mib="$3"; shift 3
     [ -e "$out" ] && { echo "assets.sh: $out exists; choose another folder" >&2; exit 2; }
     mkdir -p "$out"
-    tar cf - "$@" | xz -T0 -6 | split -d -a 2 -b "${mib}M" - "$out/part-"
+    tar cf - "$@" | xz -T0 "-${XZ_LEVEL:-6}" | split -d -a 2 -b "${mib}M" - "$out/part-"
     (cd "$out" && sha256sum part-* > manifest.sha256)
+    for part in "$out"/part-*; do
+      piece="$out/${part##*-}"; mkdir "$piece"; ln "$part" "$out/manifest.sha256" "$piece"/
+    done
     ls -l "$out" ;;
   keep)
     mkdir -p "$STORE"; cp "$2"/part-* "$2"/manifest.sha256 "$STORE"/ ; ls "$STORE" ;;

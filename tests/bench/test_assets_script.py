@@ -21,9 +21,9 @@ def checkout(root: Path) -> Path:
     return root
 
 
-def run(root: Path, *args: str, store: Path):
+def run(root: Path, *args: str, store: Path, **env: str):
     return subprocess.run(["bash", str(root / "benchmarks" / "gpu" / "assets.sh"), *args], capture_output=True,
-                          text=True, env={**os.environ, "SLIMKV_PIECES": str(store)})
+                          text=True, env={**os.environ, "SLIMKV_PIECES": str(store), **env})
 
 
 def test_pieces_carried_apart_unpack_to_the_same_files(tmp_path):
@@ -32,17 +32,15 @@ def test_pieces_carried_apart_unpack_to_the_same_files(tmp_path):
     payload = os.urandom(2_500_000)  # incompressible: 3 pieces of 1 MiB
     (here / "data" / "models" / "weights.bin").write_bytes(payload)
     (here / "data" / "notes.txt").write_text("kept as is\n")
-    assert run(here, "pack", str(tmp_path / "pieces"), "1", "data", store=tmp_path / "unused").returncode == 0
+    packed = run(here, "pack", str(tmp_path / "pieces"), "1", "data", store=tmp_path / "unused", XZ_LEVEL="0")
+    assert packed.returncode == 0, packed.stderr
     pieces = sorted((tmp_path / "pieces").glob("part-*"))
     assert [p.name for p in pieces] == ["part-00", "part-01", "part-02"]
-    # one call's folder per piece, each with the manifest
-    calls = []
-    for i, piece in enumerate(pieces):
-        folder = tmp_path / f"call-{i}"
-        folder.mkdir()
-        shutil.copy(piece, folder)
-        shutil.copy(tmp_path / "pieces" / "manifest.sha256", folder)
-        calls.append(folder)
+    # pack made one call's folder per piece: its part and the manifest
+    calls = [tmp_path / "pieces" / f"{i:02d}" for i in range(3)]
+    for call, piece in zip(calls, pieces):
+        assert sorted(p.name for p in call.iterdir()) == ["manifest.sha256", piece.name]
+        assert (call / piece.name).read_bytes() == piece.read_bytes()
     store = tmp_path / "store"
     # the last call alone lacks the earlier pieces: refused, nothing extracted
     early = run(there, "unpack", str(calls[-1]), store=tmp_path / "empty-store")
