@@ -54,3 +54,14 @@ def test_calibration_text_shorter_than_the_window_is_refused():
         calibration_batches(_WordTokenizer(), "a few words only", 4, 128, 32)
     rows = calibration_batches(_WordTokenizer(), " ".join(["word"] * 1000), 4, 100, 32)
     assert rows.shape == (4, 100)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_a_missing_device_is_refused_before_any_fetch(tmp_path, monkeypatch):
+    from slimkv.errors import UserError
+    from slimkv.recurformer.profile import ProfileConfig, profile
+
+    monkeypatch.chdir(tmp_path)  # the default data dir would be ./data
+    with pytest.raises(UserError, match="--device is 'cuda' but no CUDA device is available"):
+        profile(ProfileConfig(model=str(tmp_path / "no-model"), device="cuda"), progress=False)
+    assert list(tmp_path.iterdir()) == []  # nothing fetched, nothing written

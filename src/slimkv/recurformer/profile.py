@@ -238,12 +238,13 @@ def profile(config: ProfileConfig, progress: bool = True) -> RecencyProfile:
     from .data import calibration_text
 
     check_ranges(config)
+    device = resolve_device(config.device)  # a device that is not here fails before any fetch or load
     if not Path(config.model, "config.json").is_file():
         raise FileNotFoundError(f"no HF model folder at {config.model} (config.json missing); try "
                                 "`slimkv fetch smollm2`")
     check_family(AutoConfig.from_pretrained(config.model))
     text, source = calibration_text(config.data)
-    model = AutoModelForCausalLM.from_pretrained(config.model, dtype=torch.float32).to(resolve_device(config.device))
+    model = AutoModelForCausalLM.from_pretrained(config.model, dtype=torch.float32).to(device)
     tokenizer = AutoTokenizer.from_pretrained(config.model)
     ids = calibration_batches(tokenizer, text, config.num_sequences, config.seq_len, config.window)
     result = profile_model(model, ids, config.windows, config.window, config.batch_size, progress=progress,
