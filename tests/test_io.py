@@ -202,7 +202,7 @@ def test_a_waiting_lock_takes_over_when_the_holder_releases(tmp_path, caplog):
     path = tmp_path / ".lock"
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys, time; from slimkv.io import FileLock; lock = FileLock(sys.argv[1], 'x').acquire(); "
-        "print('held', flush=True); time.sleep(1.0); lock.release(); time.sleep(60)"), str(path)],
+        "print('held', flush=True); time.sleep(3.0); lock.release(); time.sleep(60)"), str(path)],
         stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"

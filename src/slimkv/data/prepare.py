@@ -81,29 +81,30 @@ def _trained_tokenizer(corpus: CorpusInfo | UserTextInfo, vocab_size: int, progr
     train_sha = corpus.split_sha256("train")
     folder = corpus.data_dir / "tokenizers" / f"bpe-{vocab_size}-{train_sha[:12]}"
     meta_path = folder / "meta.json"
-    if meta_path.is_file() and (folder / "tokenizer.json").is_file():
-        meta = json.loads(meta_path.read_text("utf-8"))
-        try:
-            loaded = load_tokenizer(folder / "tokenizer.json")
-            if tokenizer_sha256(backend_of(loaded)) == meta.get("tokenizer_sha256"):
-                return folder / "tokenizer.json", 0.0
-        except Exception:  # noqa: BLE001 - an unreadable cached tokenizer is simply retrained
-            pass
-    start = time.perf_counter()
-    tokenizer = train_tokenizer(corpus.split_path("train"), vocab_size, save_dir=folder, progress=progress)
-    seconds = time.perf_counter() - start
-    meta = {"vocab_size": vocab_size, "train_text_sha256": train_sha, "train_seconds": round(seconds, 3),
-            "tokenizer_sha256": tokenizer_sha256(tokenizer)}
-    atomic_write_bytes(meta_path, (json.dumps(meta, indent=1) + "\n").encode())
-    return folder / "tokenizer.json", seconds
+    with _preparing(folder):
+        if meta_path.is_file() and (folder / "tokenizer.json").is_file():
+            meta = json.loads(meta_path.read_text("utf-8"))
+            try:
+                loaded = load_tokenizer(folder / "tokenizer.json")
+                if tokenizer_sha256(backend_of(loaded)) == meta.get("tokenizer_sha256"):
+                    return folder / "tokenizer.json", 0.0
+            except Exception:  # noqa: BLE001 - an unreadable cached tokenizer is simply retrained
+                pass
+        start = time.perf_counter()
+        tokenizer = train_tokenizer(corpus.split_path("train"), vocab_size, save_dir=folder, progress=progress)
+        seconds = time.perf_counter() - start
+        meta = {"vocab_size": vocab_size, "train_text_sha256": train_sha, "train_seconds": round(seconds, 3),
+                "tokenizer_sha256": tokenizer_sha256(tokenizer)}
+        atomic_write_bytes(meta_path, (json.dumps(meta, indent=1) + "\n").encode())
+        return folder / "tokenizer.json", seconds
 
 
 @contextlib.contextmanager
 def _preparing(target: Path) -> Iterator[None]:
     """Held while `target` (a tokenizer folder, a shard) is checked and, if needed, built: processes started
-    together on one data directory (docs/recurformer.md: four at once spent five minutes each tokenising the same
-    text) build it once, the others wait and then find it current. A data directory where no lock file can be
-    made (read-only, already prepared) is read without one, as before."""
+    together on one data directory (several runs sharing one GPU machine, docs/data.md) build it once, the
+    others wait and then find it current. A data directory where no lock file can be made (read-only, already
+    prepared) is read without one, as before."""
     try:
         lock = FileLock(target.with_name(f".{target.name}.lock"), what=f"preparing {target}", wait=True).acquire()
     except OSError:
@@ -151,8 +152,7 @@ def prepare_data(data_dir: Path | str | None = None, vocab_size: int = 8192, seq
 
     start = time.perf_counter()
     if tokenizer is None:
-        with _preparing(corpus.data_dir / "tokenizers" / f"bpe-{vocab_size}-{corpus.split_sha256('train')[:12]}"):
-            tokenizer_path, trained_seconds = _trained_tokenizer(corpus, vocab_size, progress)
+        tokenizer_path, trained_seconds = _trained_tokenizer(corpus, vocab_size, progress)
         if trained_seconds:
             timings["tokenizer_train"] = round(trained_seconds, 3)
     else:

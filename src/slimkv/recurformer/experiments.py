@@ -278,10 +278,9 @@ def merge_experiments(plan: ExperimentPlan) -> dict:
 def run_experiments(plan: ExperimentPlan) -> dict:
     """Build, train and evaluate every variant of `plan` (skipping the steps whose outputs exist); returns the
     results (what results.json holds). With plan.merge: `merge_experiments` instead."""
-    from transformers import AutoConfig, AutoTokenizer
-
     if plan.merge:
         return merge_experiments(plan)
+    from transformers import AutoConfig, AutoTokenizer
 
     from ..machine import machine_header
     from ..data import fetch_corpus, read_split_documents
