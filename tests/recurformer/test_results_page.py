@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from slimkv.cli.main import main
-from slimkv.recurformer.experiments import ExperimentPlan, merge_experiments, plot, table
+from slimkv.recurformer.experiments import ExperimentPlan, merge_experiments, plot, table, write_page
 
 RUN = Path(__file__).resolve().parents[2] / "docs" / "recurformer" / "gpu_smollm2_2026-12-02c"
 
@@ -71,3 +71,28 @@ def test_merge_refuses_other_plans_and_existing_results(tmp_path):
     with pytest.raises(ValueError, match="already holds results"):
         merge_experiments(ExperimentPlan(out=str(RUN), merge=tuple(parts[:1])))
     assert (RUN / "results.json").read_bytes() == before
+
+
+DOUBLED = RUN.parent / "gpu_smollm2_2026-12-03"  # mamba2 alone on the GPU, merged with a part that scored the rest
+
+
+def test_a_part_without_the_original_keeps_its_results_and_merges_into_the_page(tmp_path, capsys):
+    part = tmp_path / "mamba2"
+    shutil.copytree(DOUBLED / "parts" / "mamba2", part)
+    results = json.loads((part / "results.json").read_text())
+    assert list(results["rows"]) == ["mamba2"]
+    # the page compares with the original's row: a part without it writes none (this used to raise, after the
+    # part's training and evaluation, on the GPU), and says how to get it
+    assert write_page(results, part) is False
+    assert not (part / "results.md").exists() and not (part / "results.png").exists()
+    other = tmp_path / "rest"
+    shutil.copytree(RUN.parent / "gpu_smollm2_2026-12-02d_partial", other)
+    out = tmp_path / "merged"
+    assert main(["recurformer", "experiment", "--merge", f"{part},{other}", "--out", str(out)]) == 0
+    rows = {line.split(" | ")[0].strip("| "): line for line in (out / "results.md").read_text().splitlines()[2:]}
+    assert list(rows) == ["original", "control", "mamba2"]
+    assert "| +12.8% |" in rows["mamba2"] and "| 47.4% |" in rows["mamba2"]  # 33.54 / 29.73 - 1
+    # mamba2's Stage A is the part's own (240 steps feeding its Stage B), not the other part's record
+    record = json.loads((out / "runs" / "mamba2-A" / "recurformer.json").read_text())
+    assert record == json.loads((part / "runs" / "mamba2-A" / "recurformer.json").read_text())
+    assert (out / "results.md").read_text() == (DOUBLED / "results.md").read_text()

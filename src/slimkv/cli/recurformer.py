@@ -123,7 +123,13 @@ def _run_experiment(args) -> int:
     overrides = pop_overrides(args)
     plan = config_from_args(args, ExperimentPlan)
     plan = dataclasses.replace(plan, overrides=(*plan.overrides, *overrides))
-    print(table(run_experiments(plan)))
+    results = run_experiments(plan)
+    if "original" in results["rows"]:
+        print(table(results))
+    else:
+        print(f"{plan.out}/results.json: " + ", ".join(f"{name} ppl {row['ppl']:.2f}" for name, row in
+                                                       results["rows"].items())
+              + " (no table without the original's row: --merge this folder with one that scored it)")
     return 0
 
 

@@ -270,8 +270,7 @@ def merge_experiments(plan: ExperimentPlan) -> dict:
     }
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "results.json", json.dumps(results, indent=1) + "\n")
-    atomic_write_text(out / "results.md", table(results) + "\n")
-    plot(results, out / "results.png")
+    write_page(results, out)
     return results
 
 
@@ -311,9 +310,22 @@ def run_experiments(plan: ExperimentPlan) -> dict:
             results["rows"][variant] = {"folder": str(folder), **evaluate_folder(folder, plan, heldout, documents)}
             atomic_write_text(path, json.dumps(results, indent=1) + "\n")
     atomic_write_text(path, json.dumps(results, indent=1) + "\n")
+    write_page(results, out)
+    return results
+
+
+def write_page(results: dict, out: Path) -> bool:
+    """results.md and results.png into `out`, when the original is among the rows (the cache saving and the
+    passkey lengths are read from its row); False for a part without it, such as one process of several that
+    run side by side on one GPU: its results.json is complete, and `--merge` with a part that scored the
+    original makes the page."""
+    if "original" not in results["rows"]:
+        logger.info("no results.md / results.png in %s: they compare with the original, which this part did not "
+                    "score; merge it with a part that did (--merge)", out)
+        return False
     atomic_write_text(out / "results.md", table(results) + "\n")
     plot(results, out / "results.png")
-    return results
+    return True
 
 
 def table(results: dict) -> str:
