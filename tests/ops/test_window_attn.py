@@ -230,3 +230,56 @@ def test_bad_arguments_raise_clear_errors(kwargs, message):
     args.update(kwargs)
     with pytest.raises(ValueError, match=message):
         window_attention(**args)
+
+
+@pytest.mark.parametrize("H,Hk,Hv", HEAD_LAYOUTS)
+@pytest.mark.parametrize("window,T", [(None, 1), (None, 37), (36, 37), (500, 37)])
+def test_sdpa_matches_reference_with_padding_and_gradients(window, T, H, Hk, Hv):
+    q, k, v = make_inputs(3, T, H, Hk, Hv, seed=T + H)
+    # left padding of different lengths, one row fully padded: its queries see nothing and output zeros
+    pad = left_padding([T, max(1, T // 3), 0], T)
+    for mask in (None, pad):
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        expected = window_attention_reference(*leaves, window, key_padding_mask=mask)
+        got_leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        got = window_attention(*got_leaves, window, key_padding_mask=mask, backend="sdpa")
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+        assert not got.isnan().any()
+        cotangent = torch.randn_like(expected)
+        torch.autograd.backward(expected, cotangent)
+        torch.autograd.backward(got, cotangent)
+        for mine, spec in zip(got_leaves, leaves):
+            torch.testing.assert_close(mine.grad, spec.grad, rtol=1e-9, atol=1e-9)
+    assert got[2].abs().max() == 0
+
+
+def test_sdpa_backend_really_calls_scaled_dot_product_attention(monkeypatch):
+    import torch.nn.functional as F
+
+    calls = []
+    real = F.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("is_causal", False))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    q, k, v = make_inputs(1, 9, 4, 2, 2, D=8, Dv=8)
+    window_attention(q, k, v, None, backend="sdpa")
+    window_attention(q, k, v, None, key_padding_mask=left_padding([5], 9), backend="sdpa")
+    assert calls == [True, False]  # unpadded: the causal flag (flash on CUDA); padded: an explicit mask
+
+
+def test_auto_backend_is_sdpa_on_cuda_without_a_window_and_flex_with_one():
+    from slimkv.ops.window_attn import pick_backend
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    # pure dispatch (no kernel runs): decided from the device type, so it is checkable without a GPU
+    assert pick_backend("auto", cuda, None, 4096) == "sdpa"
+    # any window stays on flex, even one that covers every prefix (SW-SKA's measured training path)
+    assert pick_backend("auto", cuda, 4095, 4096) == "flex"
+    assert pick_backend("sdpa", cuda, 4095, 4096) == "sdpa"
+    assert pick_backend("auto", cpu, None, 4096) == "chunked"
+    assert pick_backend("flex", cuda, None, 4096) == "flex"  # a named backend is kept
+    with pytest.raises(ValueError, match="full causal only; window 7 does not cover 129 tokens"):
+        pick_backend("sdpa", cpu, 7, 129)

@@ -244,3 +244,34 @@ def test_parameter_names_are_the_source_layout_plus_branch():
     assert names - set(source.state_dict()) == {f"model.layers.0.self_attn.branch.{p}_proj.{w}"
                                                 for p in "qkv" for w in ("weight", "bias")}
     assert set(source.state_dict()) - names == set()
+
+
+@pytest.mark.parametrize("mixer", ["mamba2", "window"])
+def test_kept_heads_on_sdpa_equal_the_chunked_path(mixer, monkeypatch):
+    """`auto` runs the kept (full causal) heads through SDPA on CUDA (ops/window_attn/sdpa.py): on CPU, named, the
+    same logits as the chunked path for a left-padded forward and for a prefill continued by a chunk."""
+    import torch.nn.functional as F
+
+    model = converted("qwen2", mixer)
+    ids = _ids(2, 15, seed=6)
+    mask = torch.ones_like(ids)
+    mask[1, :6] = 0
+
+    def run():
+        with torch.no_grad():
+            padded = model(ids, attention_mask=mask).logits
+            out = model(ids[:, :8], use_cache=True)
+            chunk = model(ids[:, 8:], past_key_values=out.past_key_values, use_cache=True).logits
+        return padded, torch.cat((out.logits, chunk), 1)
+
+    expected = run()
+    calls = []
+    real = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for layer in model.model.layers:
+        layer.self_attn.attn_backend = "sdpa"
+    got = run()
+    for mine, spec in zip(got, expected):
+        torch.testing.assert_close(mine, spec, rtol=0, atol=1e-5)
+    # two layers with kept heads, three forwards each: the kernel really ran
+    assert len(calls) == 6

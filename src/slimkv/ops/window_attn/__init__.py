@@ -10,8 +10,9 @@ cache that reproduces this holds window + 1 slots (`window_cache_slots`). README
 `window_size` maps onto it.
 
 Backends: "reference" (dense [T, T] mask, the spec), "chunked" (pure PyTorch query blocks, memory
-O(T * (chunk + window)); the CPU default), "flex" (FlexAttention block masks; compiled on CUDA).
-`backend="auto"` picks flex on CUDA when it imports, chunked elsewhere.
+O(T * (chunk + window)); the CPU default), "flex" (FlexAttention block masks; compiled on CUDA), "sdpa" (PyTorch's
+scaled_dot_product_attention, full causal only). `backend="auto"` picks, on CUDA, sdpa for window None and flex
+otherwise (when it imports); chunked elsewhere (`pick_backend`).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from ..dispatch import resolve_backend as _resolve
 
 from .reference import window_attention_reference
 
-BACKENDS = ("auto", "reference", "chunked", "flex")
+BACKENDS = ("auto", "reference", "chunked", "flex", "sdpa")
 
 
 def window_cache_slots(window: int) -> int:
@@ -62,6 +63,22 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return _resolve("window_attention", backend, BACKENDS, device, "flex", "torch.nn.attention.flex_attention")
 
 
+def pick_backend(backend: str, device: torch.device, window: int | None, T: int) -> str:
+    """The backend one call runs: `resolve_backend`, then, for "auto" on CUDA with no window (full causal: the
+    kept heads of RecurFormer), sdpa instead of flex (one kernel for every length; ops/window_attn/sdpa.py says
+    why). A window that happens to cover T (SW-SKA's training at seq <= window) stays on flex, whose training
+    speed is the measured one (docs/training.md)."""
+    from .sdpa import covers_sequence
+
+    resolved = resolve_backend(backend, device)
+    if backend == "auto" and resolved == "flex" and window is None:
+        return "sdpa"
+    if resolved == "sdpa" and not covers_sequence(window, T):
+        raise ValueError(f"window_attention: the sdpa backend is full causal only; window {window} does not cover "
+                         f"{T} tokens (use flex, chunked or reference)")
+    return resolved
+
+
 def window_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -83,7 +100,7 @@ def window_attention(
         scale: score scale, default D ** -0.5.
         key_padding_mask: [B, T] bool, True = real token. Padded keys get no weight; a query that sees no real
             key outputs zeros. Padded queries are computed like any other (the caller ignores them).
-        backend: "auto" | "reference" | "chunked" | "flex".
+        backend: "auto" | "reference" | "chunked" | "flex" | "sdpa" (full causal only).
         chunk_size: query block of the chunked backend.
         sinks: attention sinks (StreamingLLM): each row's first `sinks` real keys stay visible to every later
             query beyond the window. Ignored when window is None (everything is visible anyway).
@@ -94,7 +111,11 @@ def window_attention(
         >>> o = window_attention(q, k_shared, v, window=config_window_size // 2)
     """
     _check(q, k, v, window, key_padding_mask, sinks)
-    backend = resolve_backend(backend, q.device)
+    backend = pick_backend(backend, q.device, window, q.shape[1])
+    if backend == "sdpa":
+        from .sdpa import window_attention_sdpa
+
+        return window_attention_sdpa(q, k, v, scale, key_padding_mask)
     if backend == "reference":
         return window_attention_reference(q, k, v, window, scale, key_padding_mask, sinks)
     if backend == "flex":
@@ -159,6 +180,7 @@ __all__ = [
     "window_decode",
     "window_attention_reference",
     "window_cache_slots",
+    "pick_backend",
     "resolve_backend",
     "BACKENDS",
 ]
