@@ -155,7 +155,8 @@ def test_experiment_plan_comes_from_options_yaml_and_dotted_overrides(tmp_path, 
     from slimkv.recurformer import experiments
 
     seen = []
-    monkeypatch.setattr(experiments, "run_experiments", lambda plan: seen.append(plan) or {"rows": {}})
+    monkeypatch.setattr(experiments, "run_experiments",
+                        lambda plan: seen.append(plan) or {"rows": {"original": {"ppl": 35.2}}})
     monkeypatch.setattr(experiments, "table", lambda results: "the table")
     config = tmp_path / "plan.yaml"
     config.write_text("steps_b: 7\nhashhop: 0\noverrides: ['--optim.weight_decay=0']\n")
@@ -167,6 +168,11 @@ def test_experiment_plan_comes_from_options_yaml_and_dotted_overrides(tmp_path, 
     assert (plan.out, plan.variants, plan.niah_lengths, plan.steps_a, plan.steps_b, plan.hashhop) == \
         (str(tmp_path / "x"), ("original", "window"), (512, 1024), 3, 7, 0)
     assert plan.overrides == ("--optim.weight_decay=0", "--optim.lr=1e-4", "--train.log_every=5")
+    # a part without the original (one of several processes on one GPU) has no table: its rows and what to do
+    monkeypatch.setattr(experiments, "run_experiments", lambda plan: {"rows": {"mamba2": {"ppl": 33.536}}})
+    assert main(["recurformer", "experiment", "--out", str(tmp_path / "m"), "--variants", "mamba2"]) == 0
+    assert capsys.readouterr().out == (f"{tmp_path / 'm'}/results.json: mamba2 ppl 33.54 (no table without the "
+                                       "original's row: --merge this folder with one that scored it)\n")
 
 
 def test_experiment_refuses_bad_plans_before_any_work(tmp_path, capsys):

@@ -42,7 +42,10 @@ def test_real_ratio_zero_and_zero_init_exactness(smollm2):
     with torch.no_grad():
         reference = model(ids).logits
         same = build_converted(model, [[] for _ in range(30)], "mamba2")(ids).logits
-    torch.testing.assert_close(same, reference, rtol=0, atol=1e-4)
+    # float32 through 30 layers, attention by another kernel (chunked here, SDPA in transformers): 1.1e-4 apart at
+    # worst on one 2-core Xeon (2026-12-03), so a tolerance relative to the logits (|logit| up to about 20); a wrong
+    # head or bias mapping moves logits by O(1)
+    torch.testing.assert_close(same, reference, rtol=1e-5, atol=1e-4)
     replaced = [[0, 2] if layer % 3 == 0 else [] for layer in range(30)]
     converted = build_converted(model, replaced, "mamba2", init="zero")
     with torch.no_grad():
@@ -77,4 +80,4 @@ def test_cli_convert_real_model_and_reload(smollm2, tmp_path, capsys):
     ids = tokenizer(TEXT, return_tensors="pt").input_ids[:, :20]
     with torch.no_grad():
         # window 64 covers these 20 tokens, so the window branch still equals the original
-        torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=0, atol=1e-4)
+        torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=1e-5, atol=1e-4)  # as above

@@ -96,3 +96,10 @@ def test_a_part_without_the_original_keeps_its_results_and_merges_into_the_page(
     record = json.loads((out / "runs" / "mamba2-A" / "recurformer.json").read_text())
     assert record == json.loads((part / "runs" / "mamba2-A" / "recurformer.json").read_text())
     assert (out / "results.md").read_text() == (DOUBLED / "results.md").read_text()
+
+
+def test_lengths_off_the_kibi_grid_keep_their_token_count(tmp_path):
+    results = _results(tmp_path)
+    for row in results["rows"].values():
+        row["niah"]["lengths"] = [256, 1024, 3000]
+    assert "| passkey 256/1K/3000 |" in table(results).splitlines()[0]  # not "0K" for 256

@@ -333,10 +333,10 @@ def table(results: dict) -> str:
     control = rows.get("control", rows.get("original"))["ppl"]
     full = {T: rows["original"]["cache_bytes"][T]["bfloat16"] for T in rows["original"]["cache_bytes"]}
     lengths = list(full)
-    header = ["model", "held-out ppl", "vs control", "passkey " + "/".join(f"{int(n) // 1024}K" for n in
-                                                                            rows["original"]["niah"]["lengths"]),
-              "HashHop EM"] + [f"cache {int(T) // 1024}K bf16 (MiB)" for T in lengths] + \
-             [f"saved at {int(lengths[0]) // 1024}K", "train tokens"]
+    header = ["model", "held-out ppl", "vs control",
+              "passkey " + "/".join(_tokens_label(n) for n in rows["original"]["niah"]["lengths"]),
+              "HashHop EM"] + [f"cache {_tokens_label(T)} bf16 (MiB)" for T in lengths] + \
+             [f"saved at {_tokens_label(lengths[0])}", "train tokens"]
     decode = next((row["decode"]["context"] for row in rows.values() if "decode" in row), None)
     if decode:
         header.append(f"decode ms/token after {decode:,} tokens")
@@ -352,6 +352,12 @@ def table(results: dict) -> str:
             cells.append(f"{row['decode']['ms_per_token']:.2f}" if "decode" in row else "-")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _tokens_label(n: int | str) -> str:
+    """4096 -> "4K", 1000 -> "1000": a length as the tables and plots name it."""
+    n = int(n)
+    return f"{n // 1024}K" if n % 1024 == 0 else str(n)
 
 
 def _trained_tokens(results: dict, name: str) -> int:
@@ -406,14 +412,14 @@ def plot(results: dict, path: Path) -> None:
         curve = loss_curve(run.parent)
         variant = run.parent.name.removesuffix("-B")
         ax_loss.plot(list(curve), list(curve.values()), label=run.parent.name, color=colours.get(variant))
-    ax_ppl.set(xlabel=f"decode cache at {int(first) // 1024}K tokens (MiB, bf16)", ylabel="held-out perplexity",
+    ax_ppl.set(xlabel=f"decode cache at {_tokens_label(first)} tokens (MiB, bf16)", ylabel="held-out perplexity",
                yscale="log", title="quality vs cache budget")
     ax_ppl.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax_ppl.yaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
     ax_niah.set(xlabel="context length (tokens)", ylabel="passkey exact match", ylim=(-0.08, 1.08), xscale="log",
                 title="passkey retrieval (lines offset slightly)")
     niah_lengths = rows["original"]["niah"]["lengths"]
-    ax_niah.set_xticks(niah_lengths, [f"{n // 1024}K" if n % 1024 == 0 else str(n) for n in niah_lengths])
+    ax_niah.set_xticks(niah_lengths, [_tokens_label(n) for n in niah_lengths])
     ax_niah.minorticks_off()
     ax_loss.set(xlabel="Stage B step", ylabel="training loss (CE + KL)", title="Stage B loss curves")
     for ax in (ax_niah, ax_loss):

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# RecurFormer experiment parts on one lent GPU, detached, so that they outlive the 10-minute device call that starts
+# them (docs/recurformer.md). Each part is one `slimkv recurformer experiment` process with the same plan and its
+# own --out; `--merge` joins them into one table afterwards. Run from the repository root, after assets.sh unpack:
+#
+#   start:  PLAN="--preset smollm2-gpu --steps-a 600 --steps-b 400 ..." \
+#           bash benchmarks/gpu/recurformer_parts.sh start /tmp/rf-c:original,control /tmp/rf-m:mamba2
+#   wait:   bash benchmarks/gpu/recurformer_parts.sh wait 540 /tmp/rf-c /tmp/rf-m    # in every later call
+#
+# `wait` returns when every part has exited or after SECS, and always ends by printing each part's scored rows and
+# packing its results, run records and logs (no weights) into $OUT/parts.tgz: what a call brings back is complete
+# even if the machine is gone before the next. The machine goes back 30 s after a call: make the next call at once
+# and read the results afterwards (2026-12-03: a run of 9 minutes was lost while its partial results were read here).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+LOGS="${LOGS:-/tmp/recurformer-logs}"
+action="${1:-}"; shift || true
+case "$action" in
+  start)
+    [ -n "${PLAN:-}" ] || { echo "recurformer_parts.sh: set PLAN to the experiment flags every part shares" >&2; exit 2; }
+    mkdir -p "$LOGS"
+    for spec in "$@"; do
+      out="${spec%%:*}"; variants="${spec#*:}"
+      [ "$out" != "$spec" ] && [ -n "$variants" ] || { echo "recurformer_parts.sh: $spec is not OUT:VARIANT,..." >&2; exit 2; }
+      # shellcheck disable=SC2086
+      setsid nohup python3 -m slimkv.cli.main recurformer experiment --out "$out" --variants "$variants" $PLAN \
+        > "$LOGS/$(basename "$out").log" 2>&1 < /dev/null &
+      echo "started $out ($variants): pid $!, log $LOGS/$(basename "$out").log"
+      sleep "${STAGGER_S:-15}"  # the first part builds the shared token shards; the others wait on its lock
+    done ;;
+  wait)
+    secs="$1"; shift
+    end=$((SECONDS + secs))
+    while [ $SECONDS -lt $end ] && pgrep -f "recurformer experiment" > /dev/null; do sleep 10; done
+    date -u +%T; nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader 2>/dev/null || true
+    echo "parts still running: $(pgrep -fc "recurformer experiment" || true)"
+    for out in "$@"; do
+      echo "== $out"; tr '\r' '\n' < "$LOGS/$(basename "$out").log" | grep -v '^\s*$' | tail -3 | cut -c1-200 || true
+      for metrics in "$out"/runs/*/metrics.jsonl; do
+        [ -f "$metrics" ] && echo "$(basename "$(dirname "$metrics")"): $(tail -1 "$metrics" | cut -c1-160)"
+      done
+      [ -f "$out/results.json" ] && python3 -c "import json, sys; rows = json.load(open(sys.argv[1]))['rows']
+print({k: round(v['ppl'], 2) for k, v in rows.items()})" "$out/results.json"
+    done
+    if [ -n "${OUT:-}" ]; then
+      names=(); for out in "$@"; do [ -d "$out" ] && names+=("$out"); done
+      tar czf "$OUT/parts.tgz" --exclude='*.safetensors' --exclude='*.pt' --exclude='*.bin' --exclude='checkpoints' \
+        "${names[@]}" "$LOGS" 2>/dev/null || true
+      ls -l "$OUT"
+    fi ;;
+  *)
+    echo "usage: recurformer_parts.sh start OUT:VARIANT,... ... | wait SECS OUT ..." >&2; exit 2 ;;
+esac
