@@ -118,13 +118,13 @@ def _run_train(args) -> int:
 def _run_experiment(args) -> int:
     import dataclasses
 
-    from ..recurformer.experiments import ExperimentPlan, run_experiments, table
+    from ..recurformer.experiments import ExperimentPlan, has_page, run_experiments, table
 
     overrides = pop_overrides(args)
     plan = config_from_args(args, ExperimentPlan)
     plan = dataclasses.replace(plan, overrides=(*plan.overrides, *overrides))
     results = run_experiments(plan)
-    if "original" in results["rows"]:
+    if has_page(results):
         print(table(results))
     else:
         print(f"{plan.out}/results.json: " + ", ".join(f"{name} ppl {row['ppl']:.2f}" for name, row in

@@ -314,12 +314,16 @@ def run_experiments(plan: ExperimentPlan) -> dict:
     return results
 
 
+def has_page(results: dict) -> bool:
+    """Whether the results can make a table and PNG: the cache saving and the passkey lengths are read from the
+    original's row. A part without it (one process of several side by side on one GPU) cannot; its results.json
+    is complete, and `--merge` with a part that scored the original makes the page."""
+    return "original" in results["rows"]
+
+
 def write_page(results: dict, out: Path) -> bool:
-    """results.md and results.png into `out`, when the original is among the rows (the cache saving and the
-    passkey lengths are read from its row); False for a part without it, such as one process of several that
-    run side by side on one GPU: its results.json is complete, and `--merge` with a part that scored the
-    original makes the page."""
-    if "original" not in results["rows"]:
+    """results.md and results.png into `out` when `has_page`; False (nothing written) otherwise."""
+    if not has_page(results):
         logger.info("no results.md / results.png in %s: they compare with the original, which this part did not "
                     "score; merge it with a part that did (--merge)", out)
         return False

@@ -21,6 +21,7 @@ import torch
 from ..dispatch import resolve_backend as _resolve
 
 from .reference import window_attention_reference
+from .sdpa import covers_sequence, window_attention_sdpa
 
 BACKENDS = ("auto", "reference", "chunked", "flex", "sdpa")
 
@@ -68,8 +69,6 @@ def pick_backend(backend: str, device: torch.device, window: int | None, T: int)
     kept heads of RecurFormer), sdpa instead of flex (one kernel for every length; ops/window_attn/sdpa.py says
     why). A window that happens to cover T (SW-SKA's training at seq <= window) stays on flex, whose training
     speed is the measured one (docs/training.md)."""
-    from .sdpa import covers_sequence
-
     resolved = resolve_backend(backend, device)
     if backend == "auto" and resolved == "flex" and window is None:
         return "sdpa"
@@ -113,8 +112,6 @@ def window_attention(
     _check(q, k, v, window, key_padding_mask, sinks)
     backend = pick_backend(backend, q.device, window, q.shape[1])
     if backend == "sdpa":
-        from .sdpa import window_attention_sdpa
-
         return window_attention_sdpa(q, k, v, scale, key_padding_mask)
     if backend == "reference":
         return window_attention_reference(q, k, v, window, scale, key_padding_mask, sinks)
