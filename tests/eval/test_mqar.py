@@ -210,6 +210,22 @@ def test_plan_best_and_plot(tmp_path):
         run_sweep(tiny_sweep_config(tmp_path, archs=("hyena",), state_fields={"hyena": "mem_size"}))
 
 
+def test_best_over_learning_rates_averages_the_seeds():
+    """Seeds run as separate parts (--seed) are averaged before the best lr is picked: one lucky seed does not win."""
+    def run(lr, seed, acc):
+        return {"arch": "rodimus", "d_model": 32, "state_size": 8, "lr": lr, "seed": seed, "state_bytes": 10,
+                "accuracy": {"8x2": acc}}
+
+    # lr 1e-2 has the single best run (0.9) but the worse mean (0.5 against 0.6)
+    runs = [run(1e-2, 0, 0.9), run(1e-3, 1, 0.7), run(1e-2, 1, 0.1), run(1e-3, 0, 0.5)]
+    [best] = best_runs(runs, "8x2")
+    assert best["lr"] == 1e-3 and best["seeds"] == [0, 1] and best["accuracy_per_seed"] == [0.5, 0.7]
+    assert best["accuracy"] == pytest.approx(0.6)
+    # a run recorded before seeds were (no "seed" key) counts as seed 0
+    [old] = best_runs([{k: v for k, v in run(1e-3, 0, 0.4).items() if k != "seed"}], "8x2")
+    assert old["seeds"] == [0] and old["accuracy"] == 0.4
+
+
 def test_a_state_field_the_run_config_lacks_goes_to_the_hf_config(tmp_path):
     from slimkv.eval.mqar_sweep import run_config
 

@@ -35,8 +35,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"best over learning rates, accuracy at {target}:")
     for row in report["best"]:
         state = "full" if row["state_size"] is None else row["state_size"]
+        seeds = (f", mean of seeds {','.join(map(str, row['seeds']))}: "
+                 f"{' '.join(f'{a:.3f}' for a in row['accuracy_per_seed'])}") if len(row["seeds"]) > 1 else ""
         print(f"  {row['arch']:<13} d={row['d_model']:<4} n={state!s:<5} acc {row['accuracy']:.3f} "
-              f"(lr {row['lr']:.2e}, state {row['state_bytes']:,} bytes)")
+              f"(lr {row['lr']:.2e}, state {row['state_bytes']:,} bytes{seeds})")
     print(f"wrote {json_path} and {png_path} ({len(report['runs'])} of {report['planned_runs']} runs, "
           f"{report['seconds']:.0f}s)")
     return 0

@@ -223,7 +223,7 @@ def train_and_score(spec: RunSpec, config: MQARSweepConfig, test_sets: dict, max
     train_accuracy = {name: query_accuracy(model, x, y, config.eval_batch_size, autocast)
                       for name, (x, y) in source.training_examples().items()}
     record = {
-        **dataclasses.asdict(spec), "steps": result.steps, "train_seconds": round(train_seconds, 2),
+        **dataclasses.asdict(spec), "seed": config.seed, "steps": result.steps, "train_seconds": round(train_seconds, 2),
         "final_loss": result.losses[-1] if result.losses else None,
         "loss_curve": result.losses[:: max(1, len(result.losses) // 50)],
         # the trainer counts every sequence as the longest train length; examples/s is exact
@@ -241,15 +241,27 @@ def train_and_score(spec: RunSpec, config: MQARSweepConfig, test_sets: dict, max
 
 
 def best_runs(runs: list[dict], target: str) -> list[dict]:
-    """Per (arch, d_model, state size): the run with the best target accuracy over learning rates."""
-    best: dict[tuple, dict] = {}
+    """Per (arch, d_model, state size): the learning rate with the best target accuracy, averaged over the seeds
+    that ran it (parts run apart with --seed, docs/evaluations.md); `accuracy` is that mean, `seeds` and
+    `accuracy_per_seed` say what it averages."""
+    by_lr: dict[tuple, list[dict]] = {}
     for run in runs:
-        key = (run["arch"], run["d_model"], run["state_size"])
-        if key not in best or run["accuracy"][target] > best[key]["accuracy"][target]:
-            best[key] = run
-    return [{"arch": k[0], "d_model": k[1], "state_size": k[2], "lr": r["lr"], "accuracy": r["accuracy"][target],
-             "state_bytes": r["state_bytes"]} for k, r in sorted(best.items(), key=lambda kv: (kv[0][1], kv[0][0],
-                                                                                               kv[0][2] or 0))]
+        by_lr.setdefault((run["arch"], run["d_model"], run["state_size"], run["lr"]), []).append(run)
+    best: dict[tuple, tuple[float, list[dict]]] = {}
+    for (arch, d_model, state_size, _), group in by_lr.items():
+        group = sorted(group, key=lambda r: r.get("seed", 0))
+        mean = sum(r["accuracy"][target] for r in group) / len(group)
+        key = (arch, d_model, state_size)
+        if key not in best or mean > best[key][0]:
+            best[key] = (mean, group)
+    rows = []
+    for (arch, d_model, state_size), (mean, group) in sorted(best.items(), key=lambda kv: (kv[0][1], kv[0][0],
+                                                                                           kv[0][2] or 0)):
+        rows.append({"arch": arch, "d_model": d_model, "state_size": state_size, "lr": group[0]["lr"],
+                     "accuracy": mean, "seeds": [r.get("seed", 0) for r in group],
+                     "accuracy_per_seed": [r["accuracy"][target] for r in group],
+                     "state_bytes": group[0]["state_bytes"]})
+    return rows
 
 
 def run_sweep(config: MQARSweepConfig, on_run: Callable[[int, int, dict], None] | None = None) -> dict:
@@ -304,7 +316,9 @@ def merge_reports(reports: list[dict], target: str = "") -> dict:
     if target and target not in names:
         raise ValueError(f"--target {target!r} is not a test segment of these sweeps ({', '.join(names)})")
     target = target or reports[0]["target"]
-    runs = [run for report in reports for run in report["runs"]]
+    # runs recorded before the seed was (commit 1f77e0d and older) ran with their part's --seed
+    runs = [{**run, "seed": run.get("seed", report["config"].get("seed", 0))}
+            for report in reports for run in report["runs"]]
     return {
         "header": reports[0]["header"], "config": reports[0]["config"], "target": target,
         "planned_runs": sum(r["planned_runs"] for r in reports),
