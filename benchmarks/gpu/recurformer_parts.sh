@@ -11,6 +11,8 @@
 # packing its results, run records and logs (no weights) into $OUT/parts.tgz: what a call brings back is complete
 # even if the machine is gone before the next. The machine goes back 30 s after a call: make the next call at once
 # and read the results afterwards (2026-12-03: a run of 9 minutes was lost while its partial results were read here).
+# The processes are matched by the start of their command line, so the calling shell (whose command line may name
+# them) is never waited on (2026-12-03: an unanchored pattern matched the call itself and idled 7 device minutes).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -33,9 +35,9 @@ case "$action" in
   wait)
     secs="$1"; shift
     end=$((SECONDS + secs))
-    while [ $SECONDS -lt $end ] && pgrep -f "recurformer experiment" > /dev/null; do sleep 10; done
+    while [ $SECONDS -lt $end ] && pgrep -f "^python3 -m slimkv.cli.main recurformer experiment" > /dev/null; do sleep 10; done
     date -u +%T; nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader 2>/dev/null || true
-    echo "parts still running: $(pgrep -fc "recurformer experiment" || true)"
+    echo "parts still running: $(pgrep -fc "^python3 -m slimkv.cli.main recurformer experiment" || true)"
     for out in "$@"; do
       echo "== $out"; tr '\r' '\n' < "$LOGS/$(basename "$out").log" | grep -v '^\s*$' | tail -3 | cut -c1-200 || true
       for metrics in "$out"/runs/*/metrics.jsonl; do

@@ -137,6 +137,19 @@ def test_fetch_never_deletes_a_folder_it_did_not_write(tmp_path, capsys):
     assert tree_digest(foreign) == before and not (tmp_path / "data" / "downloads").exists()
 
 
+
+def test_fetch_without_the_gguf_package_is_one_line_before_any_work(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "gguf" else real_find_spec(name, *a))
+    code, err = run(capsys, "fetch", "smollm2", "--dest", tmp_path / "data")
+    assert code == 2 and "needs the gguf package: pip install 'slimkv[gguf]'" in one_line(err)
+    # nothing assembled or half-written
+    assert not (tmp_path / "data" / "downloads").exists()
+    assert not (tmp_path / "data" / "models" / "smollm2-135m-instruct").exists()
+
 # ---------------------------------------------------------------------------------------------------- read-only
 def _read_only_line(err: str) -> bool:
     return "is on a read-only file system" in err or "permission denied" in err

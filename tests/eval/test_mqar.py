@@ -210,7 +210,7 @@ def test_plan_best_and_plot(tmp_path):
         run_sweep(tiny_sweep_config(tmp_path, archs=("hyena",), state_fields={"hyena": "mem_size"}))
 
 
-def test_best_over_learning_rates_averages_the_seeds():
+def test_best_over_learning_rates_averages_the_seeds(tmp_path, monkeypatch):
     """Seeds run as separate parts (--seed) are averaged before the best lr is picked: one lucky seed does not win."""
     def run(lr, seed, acc):
         return {"arch": "rodimus", "d_model": 32, "state_size": 8, "lr": lr, "seed": seed, "state_bytes": 10,
@@ -224,6 +224,15 @@ def test_best_over_learning_rates_averages_the_seeds():
     # a run recorded before seeds were (no "seed" key) counts as seed 0
     [old] = best_runs([{k: v for k, v in run(1e-3, 0, 0.4).items() if k != "seed"}], "8x2")
     assert old["seeds"] == [0] and old["accuracy"] == 0.4
+    # the plot draws the seeds' range (an error bar) only where several seeds were averaged
+    import matplotlib.pyplot as plt
+
+    drawn = []
+    real_errorbar = plt.Axes.errorbar
+    monkeypatch.setattr(plt.Axes, "errorbar", lambda self, *a, **k: drawn.append(a) or real_errorbar(self, *a, **k))
+    plot_sweep({"best": [best, {**old, "state_size": 4}], "target": "8x2", "header": {}, "paper_fig1b": {}},
+               tmp_path / "seeds.png")
+    assert len(drawn) == 1 and drawn[0][1] == [pytest.approx(0.6)]
 
 
 def test_a_state_field_the_run_config_lacks_goes_to_the_hf_config(tmp_path):

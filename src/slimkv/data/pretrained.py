@@ -24,6 +24,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ..errors import UserError
 from ..io import atomic_write, check_output_folder, output_folder
 from slimkv.data.files import data_root, sha256_file
 
@@ -181,6 +182,16 @@ def _convert_to_hf_folder(gguf: Path, out_dir: Path) -> None:
         (tmp_dir / DONE_MARKER).write_text(json.dumps({"gguf": gguf.name, "dtype": "float32"}, indent=1) + "\n")
 
 
+def _require_gguf_package(name: str) -> None:
+    """transformers reads GGUF files through the `gguf` package; without it the conversion would fail only after
+    the file is assembled, with a traceback (2026-12-03, a GPU machine without the wheel)."""
+    import importlib.util
+
+    if importlib.util.find_spec("gguf") is None:
+        raise UserError(f"fetch {name} converts a GGUF file and needs the gguf package: pip install 'slimkv[gguf]' "
+                        "(an offline machine: carry its wheel, docs/recurformer.md)")
+
+
 def fetch_pretrained(name: str, root: str | os.PathLike | None = None, keep_gguf: bool = True) -> Path:
     """Fetch and cache one asset of `ASSETS`; returns the HF folder (loads with `from_pretrained`)."""
     if name not in ASSETS:
@@ -197,6 +208,7 @@ def fetch_pretrained(name: str, root: str | os.PathLike | None = None, keep_gguf
         if (out_dir / DONE_MARKER).exists() and (out_dir / "config.json").exists():
             return out_dir
         check_output_folder(out_dir, command=f"fetch {asset.name}", hint=NOT_OURS_HINT)
+        _require_gguf_package(name)
         gguf = _assemble_gguf(asset, root)
         _convert_to_hf_folder(gguf, out_dir)
         if not keep_gguf:

@@ -223,7 +223,8 @@ def train_and_score(spec: RunSpec, config: MQARSweepConfig, test_sets: dict, max
     train_accuracy = {name: query_accuracy(model, x, y, config.eval_batch_size, autocast)
                       for name, (x, y) in source.training_examples().items()}
     record = {
-        **dataclasses.asdict(spec), "seed": config.seed, "steps": result.steps, "train_seconds": round(train_seconds, 2),
+        **dataclasses.asdict(spec), "seed": config.seed, "steps": result.steps,
+        "train_seconds": round(train_seconds, 2),
         "final_loss": result.losses[-1] if result.losses else None,
         "loss_curve": result.losses[:: max(1, len(result.losses) // 50)],
         # the trainer counts every sequence as the longest train length; examples/s is exact
@@ -377,6 +378,14 @@ def plot_sweep(report: dict, path: str | Path) -> None:
             color = colors.get(arch)
             if points:
                 ax.plot(*zip(*points), marker="o", color=color, label=f"{ARCH_LABELS.get(arch, arch)} (slimkv)")
+            for row in rows:  # the seeds' range where several seeds were averaged
+                per_seed = row.get("accuracy_per_seed") or []
+                if row["arch"] == arch and row["state_size"] is not None and len(per_seed) > 1:
+                    # nudged sideways per kind (log2 axis) so that overlapping ranges stay readable
+                    x = row["state_size"] * 2 ** (0.06 * (list(colors).index(arch) - 2) if arch in colors else 0)
+                    ax.errorbar([x], [row["accuracy"]], yerr=[[row["accuracy"] - min(per_seed)],
+                                                              [max(per_seed) - row["accuracy"]]],
+                                color=color, capsize=4, linewidth=1.5)
             for row in rows:
                 if row["arch"] == arch and row["state_size"] is None:
                     ax.axhline(row["accuracy"], color=color, linestyle=":",
@@ -393,8 +402,12 @@ def plot_sweep(report: dict, path: str | Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
     header = report.get("header", {})
-    fig.suptitle(f"MQAR (Zoology protocol), {report['target']}; {header.get('device_name', '')}, "
-                 f"commit {(header.get('git_commit') or '?')[:10]}", fontsize=9)
+    # a merged sweep names every part's commit
+    commits = dict.fromkeys((part["header"].get("git_commit") or "?")[:10] for part in report.get("parts", [])) \
+        or {(header.get("git_commit") or "?")[:10]: None}
+    seeds = " (bars: range over seeds)" if any(len(row.get("seeds", [])) > 1 for row in best) else ""
+    fig.suptitle(f"MQAR (Zoology protocol), {report['target']}; {header.get('device_name', '')}\n"
+                 f"commit{'s' if len(commits) > 1 else ''} {', '.join(commits)}{seeds}", fontsize=9)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
