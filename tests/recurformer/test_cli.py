@@ -175,6 +175,28 @@ def test_experiment_plan_comes_from_options_yaml_and_dotted_overrides(tmp_path, 
                                        "original's row: --merge this folder with one that scored it)\n")
 
 
+def test_experiment_steps_per_variant(tmp_path, monkeypatch):
+    """Which runs each variant makes: recurrent branches (window_mamba2 too) get Stage A before Stage B; the window
+    baseline and the control only Stage B; the hybrid is opt-in (not in the default plan)."""
+    from slimkv.recurformer import experiments
+
+    calls = []
+    monkeypatch.setattr(experiments, "_convert", lambda plan, name, source, mixer, *a: calls.append(
+        ("convert", name, mixer)) or tmp_path / name)
+    monkeypatch.setattr(experiments, "_train", lambda plan, name, student, stage, steps, control=False: calls.append(
+        ("train", name, stage, steps)) or tmp_path / name)
+    (tmp_path / "profile.json").write_text("{}")
+    plan = experiments.ExperimentPlan(out=str(tmp_path), variants=("control", "window", "window_mamba2"),
+                                      steps_a=5, steps_b=7)
+    assert [v for v, _ in experiments.iter_variants(plan, tmp_path / "source")] == ["control", "window",
+                                                                                     "window_mamba2"]
+    assert calls == [("train", "control", "B", 7), ("convert", "window", "window"), ("train", "window-B", "B", 7),
+                     ("convert", "window_mamba2", "window_mamba2"), ("train", "window_mamba2-A", "A", 5),
+                     ("train", "window_mamba2-B", "B", 7)]
+    assert "window_mamba2" not in experiments.ExperimentPlan().variants
+    assert "window_mamba2" in experiments.VARIANTS
+
+
 def test_experiment_refuses_bad_plans_before_any_work(tmp_path, capsys):
     out = tmp_path / "x"
     experiment = ["recurformer", "experiment", "--out", str(out)]

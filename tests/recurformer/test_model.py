@@ -14,10 +14,10 @@ from tests.models.test_generation import Spy
 
 from .conftest import tiny_source
 
-OPTIONS = {"mamba2": {}, "ddts": {}, "window": {"window": 4, "sinks": 2}}
+OPTIONS = {"mamba2": {}, "ddts": {}, "window": {"window": 4, "sinks": 2}, "window_mamba2": {"window": 4, "sinks": 2}}
 # (family, branch): every family and every branch at least once; Mistral's own window (6) wraps its kept ring
 CASES = [("llama", "mamba2"), ("qwen2", "ddts"), ("mistral", "window"), ("llama", "window"), ("mistral", "mamba2"),
-         ("qwen2", "window")]
+         ("qwen2", "window"), ("qwen2", "window_mamba2"), ("mistral", "window_mamba2")]
 
 
 def _ids(batch=2, length=23, seed=1):
@@ -31,6 +31,7 @@ def converted(family, mixer, replaced=((1,), (0,)), **kwargs):
     with torch.no_grad():
         for layer in model.model.layers:
             branch = layer.self_attn.branch
+            branch = getattr(branch, "recurrent", branch)  # window_mamba2's Mamba2 part
             if branch is not None and hasattr(branch, "out_proj"):
                 branch.out_proj.weight.normal_(0, 0.3)
     return model
@@ -66,7 +67,7 @@ def recompute_greedy(model, ids, mask, steps):
     return ids
 
 
-@pytest.mark.parametrize("mixer", ["mamba2", "ddts", "window"])
+@pytest.mark.parametrize("mixer", ["mamba2", "ddts", "window", "window_mamba2"])
 def test_ratio_zero_reproduces_the_source(family, mixer):
     source = tiny_source(family)
     ids = _ids()
@@ -84,6 +85,23 @@ def test_zero_init_equals_the_source_with_the_replaced_heads_pruned(family, mixe
         torch.testing.assert_close(got, pruned_reference(source, [[1], [0]], ids), rtol=0, atol=2e-5)
         # and the heads mattered
         assert (got - source(ids).logits).abs().max() > 1e-3
+
+
+def test_window_mamba2_at_zero_init_is_the_window_branch_and_its_state_adds_to_it(family):
+    source = tiny_source(family)
+    ids = _ids()
+    options = {"window": 4, "sinks": 2}
+    hybrid = build_converted(source, [[1], [0]], "window_mamba2", mixer_kwargs=options)
+    window = build_converted(tiny_source(family), [[1], [0]], "window", mixer_kwargs=options)
+    with torch.no_grad():
+        assert torch.equal(hybrid(ids).logits, window(ids).logits)
+        # once the Mamba2 part outputs something, the model differs from the window branch: the sum is live
+        hybrid.model.layers[0].self_attn.branch.recurrent.out_proj.weight.normal_(0, 0.3)
+        assert (hybrid(ids).logits - window(ids).logits).abs().max() > 1e-3
+    shapes = hybrid.model.layers[0].self_attn.branch.state_shapes(3)
+    assert set(shapes) == {"branch_key", "branch_value", "branch_valid", "conv_state", "ssm_state"}
+    with pytest.raises(ValueError, match="zero output"):
+        build_converted(source, [[1], [0]], "window_mamba2", init="attention", mixer_kwargs=options)
 
 
 def test_window_branch_equals_the_source_while_its_window_covers_everything(family):
@@ -128,7 +146,7 @@ def test_transformers_loop_uses_the_same_cache(monkeypatch):
     assert torch.equal(out.sequences, fast) and spy.forward_tokens == [11] + [1] * 8
 
 
-@pytest.mark.parametrize("mixer", ["mamba2", "ddts", "window"])
+@pytest.mark.parametrize("mixer", ["mamba2", "ddts", "window", "window_mamba2"])
 def test_left_padded_logits_equal_unpadded(mixer):
     model = converted("llama", mixer)
     ids = _ids(1, 9, seed=2)

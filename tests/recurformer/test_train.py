@@ -58,6 +58,39 @@ def test_stage_a_trains_only_the_branches_towards_the_teachers_heads():
         BranchAlignment(build_converted(teacher, [[1], [0]], "window"), teacher)
 
 
+def test_stage_a_of_window_mamba2_trains_the_recurrent_part_around_the_frozen_window():
+    """The hybrid branch: its window keeps the heads' rows, so Stage A moves only the Mamba2 part, and its loss
+    starts at the window's own error (the Mamba2 part outputs zero), which the RoPE passed to the block makes exact."""
+    teacher = tiny_source("llama")
+    options = {"window": 4, "sinks": 2}
+    # layer 0 only: the window variant's layer sees the teacher's own input there
+    student = build_converted(teacher, [[1], []], "window_mamba2", mixer_kwargs=options)
+    window = build_converted(teacher, [[1], []], "window", mixer_kwargs=options)
+    before = {n: p.clone() for n, p in student.named_parameters()}
+    stage = BranchAlignment(student, teacher)
+    trainable = {n for n, p in stage.named_parameters() if p.requires_grad}
+    assert trainable and all(".recurrent." in n for n in trainable)
+    inputs, targets = _batch(0)
+    with torch.no_grad():
+        start = stage(input_ids=inputs, targets=targets).loss
+    heads = []
+    hooks = [model.model.layers[0].self_attn.o_proj.register_forward_pre_hook(lambda m, a: heads.append(a[0]))
+             for model in (window, teacher)]
+    with torch.no_grad():
+        window(inputs), teacher(inputs)
+    for hook in hooks:
+        hook.remove()
+    replaced = window.model.layers[0].self_attn.replaced_heads
+    got, want = (x.unflatten(-1, (4, -1))[:, :, replaced] for x in heads)
+    window_error = ((got - want).pow(2).mean() / want.pow(2).mean()).item()
+    assert 0.01 < start.item() and start.item() == pytest.approx(window_error, rel=1e-4)
+    losses = _fit(stage, 15, 1e-2)
+    # the Mamba2 part learns part of what the window misses (a random tiny teacher: 0.25 -> 0.23 in 15 steps)
+    assert sum(losses[-3:]) / 3 < 0.95 * start.item()
+    moved = {n for n, p in student.named_parameters() if not torch.equal(p, before[n])}
+    assert moved and all(".branch.recurrent." in n for n in moved)
+
+
 def test_stage_b_is_cross_entropy_plus_kl_to_the_teacher():
     teacher = tiny_source("llama")
     inputs, targets = _batch()
@@ -132,6 +165,14 @@ def test_stage_b_learning_rates_by_parameter_kind(tmp_path):
     branch = {id(p) for n, p in model.named_parameters() if ".branch." in n}
     assert by_lr[1e-3] == branch and by_lr[1e-5] == {id(p) for p in model.parameters()} - branch
     assert {g["weight_decay"] for g in groups} == {0.0, 0.1}
+    # window_mamba2: its window holds pretrained rows (the base lr), its Mamba2 part new weights (the branch lr)
+    _, hybrid = _folders(tmp_path, "window_mamba2")
+    recipe = RecurFormerRecipe(_config(tmp_path, "lr-hybrid", student=str(hybrid), lr_branch=1e-3, lr_base=1e-5))
+    model = recipe.build_model(recipe.config, 97)
+    lrs = {n: g["lr"] for g in recipe.param_groups(model, OptimConfig()) for n, p in model.named_parameters()
+           if any(p is q for q in g["params"])}
+    assert {n for n, lr in lrs.items() if lr == 1e-3} == {n for n in lrs if ".branch.recurrent." in n} != set()
+    assert any(".branch.window.q_proj" in n and lr == 1e-5 for n, lr in lrs.items())
     frozen = RecurFormerRecipe(_config(tmp_path, "lr0", student=str(folder), lr_base=0.0))
     model = frozen.build_model(frozen.config, 97)
     branch = {id(p) for n, p in model.named_parameters() if ".branch." in n}

@@ -5,11 +5,14 @@ legend: B batch, T time, d model width, R replaced query heads, G replaced KV un
 A converted attention layer (layers/hybrid_attention.py) keeps some KV units as attention and gives the others to
 ONE branch, which reads the same normed input h [B, T, d] and returns the replaced heads' outputs [B, T, R, D]; they
 go into those heads' slots before the pretrained o_proj. A branch is one file (branch_mamba2.py, branch_ddts.py,
-branch_window.py) whose class is registered here and provides:
+branch_window.py, branch_window_mamba2.py) whose class is registered here and provides:
 
     __init__(geometry: BranchGeometry, **options)   options: the model config's `mixer_kwargs`
     pretrained: bool                     True when its weights ARE the replaced heads' rows (trained like the rest
                                          of the pretrained model), False for new weights (their own learning rate)
+    pretrained_parts: tuple[str, ...]    optional: submodules of a branch with new weights that hold pretrained
+                                         rows all the same (branch_window_mamba2.py's `window`): frozen in Stage A,
+                                         the base learning rate in Stage B (`is_new_branch_parameter`)
     state_shapes(batch) -> {name: shape} its constant-size decode state, preallocated by models/cache.py
     init_from_heads(heads: ReplacedHeads, init)   its weights, from the replaced heads' q/k/v rows and an init
                                          rule: "zero" (output projection zero: step 0 = the heads pruned) or
@@ -97,6 +100,13 @@ class ScanStateBranch:
         return y.unflatten(-1, (self.num_heads, self.head_dim))
 
 
+def is_new_branch_parameter(cls: type[nn.Module], name: str) -> bool:
+    """Whether parameter `name` (relative to a branch of class `cls`) holds new weights, not pretrained rows."""
+    if cls.pretrained:
+        return False
+    return not any(name == part or name.startswith(part + ".") for part in getattr(cls, "pretrained_parts", ()))
+
+
 def register_branch(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
     """Class decorator: make a branch available to converted models under `name` (their config's `mixer`)."""
     def add(cls: type[nn.Module]) -> type[nn.Module]:
@@ -134,4 +144,4 @@ def build_branch(name: str, geometry: BranchGeometry, options: dict | None = Non
 
 def _load_builtin() -> None:
     # the built-in branches register themselves on import
-    from . import branch_ddts, branch_mamba2, branch_window  # noqa: F401
+    from . import branch_ddts, branch_mamba2, branch_window, branch_window_mamba2  # noqa: F401

@@ -187,7 +187,7 @@ class RecurFormerConvertConfig:
     ratio: Optional[float] = fraction_field()
     # replace every unit with score >= this (give exactly one of --ratio and --threshold)
     threshold: Optional[float] = None
-    # the branch that replaces the units (registry in layers/branches.py: mamba2, ddts, window, ...)
+    # the branch that replaces the units (registry in layers/branches.py: mamba2, ddts, window, window_mamba2)
     mixer: str = "mamba2"
     # zero: branch output projection zero (= pruning at step 0); attention: reuse W_q/W_k/W_v (mamba2)
     init: Init = "zero"
@@ -207,22 +207,23 @@ class RecurFormerConvertConfig:
     num_sequences: int = ranged(16, ge=1)
     # tokens per calibration sequence
     seq_len: int = ranged(512, ge=2)
-    # --mixer window: previous tokens each replaced head sees
+    # --mixer window / window_mamba2: previous tokens each replaced head sees (in full; older ones through the state)
     attn_window: int = ranged(64, ge=1)
-    # --mixer window: first tokens always visible (sinks)
+    # --mixer window / window_mamba2: first tokens always visible (sinks)
     attn_sinks: int = ranged(4, ge=0)
-    # --mixer mamba2: state size N (none: the head dim)
+    # --mixer mamba2 / window_mamba2: state size N (none: the head dim)
     state_size: Optional[int] = ranged(None, ge=1)
     # allow replacing every KV unit of a layer (models with one KV head per layer)
     allow_empty_layers: bool = False
 
     def mixer_kwargs(self) -> dict:
         """The options of the --mixer branch that this config sets."""
-        if self.mixer == "mamba2" and self.state_size:
-            return {"state_size": self.state_size}
-        if self.mixer == "window":
-            return {"window": self.attn_window, "sinks": self.attn_sinks}
-        return {}
+        options = {}
+        if self.mixer in ("mamba2", "window_mamba2") and self.state_size:
+            options["state_size"] = self.state_size
+        if self.mixer in ("window", "window_mamba2"):
+            options.update(window=self.attn_window, sinks=self.attn_sinks)
+        return options
 
 
 @dataclass

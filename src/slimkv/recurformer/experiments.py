@@ -9,6 +9,8 @@ of KV units):
     original        the pretrained model             control     Stage B of the original, same data and steps
     window          streaming heads (sinks + window) on the recency-ranked units, Stage B
     mamba2, ddts    recurrent branches on the recency-ranked units, Stage A then Stage B
+    window_mamba2   the streaming heads plus a Mamba2 state for what leaves the window (layers/branch_window_mamba2.py),
+                    Stage A (the Mamba2 part only) then Stage B; not in the default plan
     random, learned the selection ablations (random units; DuoAttention-style learned gates), same branch and
                     training as `selection_branch`
 
@@ -35,11 +37,13 @@ from .select import fraction_field
 
 logger = logging.getLogger(__name__)
 
-RECURRENT = ("mamba2", "ddts")
+RECURRENT = ("mamba2", "ddts", "window_mamba2")
 
 
-Variant = Literal["original", "control", "window", "mamba2", "ddts", "random", "learned"]
+Variant = Literal["original", "control", "window", "mamba2", "ddts", "window_mamba2", "random", "learned"]
 VARIANTS: tuple[str, ...] = get_args(Variant)
+# what a plan runs unless --variants says otherwise: the paper's branches, the baselines and the ablations
+DEFAULT_VARIANTS: tuple[str, ...] = tuple(v for v in VARIANTS if v != "window_mamba2")
 
 
 @dataclass
@@ -54,8 +58,9 @@ class ExperimentPlan:
     ratio: float = fraction_field(0.5)
     # training config of every run (a YAML file or a shipped preset name, recurformer/config.py)
     preset: str = "smollm2-cpu"
-    # variants to run, in order, from original, control, window, mamba2, ddts, random, learned (module docstring)
-    variants: tuple[Variant, ...] = setting(VARIANTS, metavar="VARIANT,...")
+    # variants to run, in order, from original, control, window, mamba2, ddts, window_mamba2, random, learned
+    # (module docstring; every one but window_mamba2 by default)
+    variants: tuple[Variant, ...] = setting(DEFAULT_VARIANTS, metavar="VARIANT,...")
     # the branch of the random and learned selections
     selection_branch: str = "mamba2"
     # optimizer steps of the gates run (the learned selection)

@@ -34,11 +34,11 @@ from torch import nn
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ..io import atomic_write_text, output_folder
-from ..layers.branches import branch_class
+from ..layers.branches import branch_class, is_new_branch_parameter
 from ..models.recurformer import RecurFormerForCausalLM, attention_geometry, check_family
 from ..ops.cross_entropy import linear_cross_entropy
 from ..ops.distill import linear_distill
-from ..ops.rope import apply_rope
+from ..ops.rope import apply_rope, rope_cos_sin
 from ..ops.window_attn import window_attention
 from ..train.config import OptimConfig
 from ..train.optim import no_weight_decay_names
@@ -129,9 +129,9 @@ class _AlignBlock(nn.Module):
         self.layer_idx, self.replaced_heads, self.head_dim = layer_idx, attn.replaced_heads, attn.geo.head_dim
         self.branch = attn.branch
 
-    def forward(self, h: torch.Tensor, heads: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, heads: torch.Tensor, rope=None, positions=None) -> torch.Tensor:
         target = heads.unflatten(-1, (-1, self.head_dim))[:, :, self.replaced_heads].float()
-        got = self.branch(h, None, None).float()
+        got = self.branch(h, rope, positions).float()
         return F.mse_loss(got, target) / target.pow(2).mean().clamp_min(1e-8)
 
 
@@ -150,8 +150,13 @@ class BranchAlignment(_WithTeacher):
         student.requires_grad_(False)
         blocks = [_AlignBlock(i, layer.self_attn) for i, layer in enumerate(student.model.layers)
                   if layer.self_attn.branch is not None]
+        cls = branch_class(student.config.mixer)
         for block in blocks:
-            block.branch.requires_grad_(True)
+            for name, p in block.branch.named_parameters():
+                # pretrained rows inside the branch (window_mamba2's window) stay as they are
+                p.requires_grad_(is_new_branch_parameter(cls, name))
+        # the RoPE frequencies of the student (branches with attention parts rotate q and k)
+        self.__dict__["inv_freq"] = student.model.inv_freq
         self.model = nn.Module()
         self.model.layers = nn.ModuleList(blocks)
         # per converted layer: the teacher's normed attention input and its heads before o_proj
@@ -176,7 +181,10 @@ class BranchAlignment(_WithTeacher):
         with torch.no_grad():
             # the decoder alone: its hooks record every converted layer; the LM head is not needed
             self.teacher.model(input_ids=input_ids, use_cache=False)
-        losses = [block(self._inputs.pop(block.layer_idx), self._heads.pop(block.layer_idx))
+        B, T = input_ids.shape
+        positions = torch.arange(T, device=input_ids.device).expand(B, T)
+        rope = rope_cos_sin(positions, 0, inv_freq=self.inv_freq(input_ids.device))
+        losses = [block(self._inputs.pop(block.layer_idx), self._heads.pop(block.layer_idx), rope, positions)
                   for block in self.model.layers]
         return CausalLMOutputWithPast(loss=torch.stack(losses).mean())
 
@@ -243,8 +251,9 @@ class RecurFormerRecipe:
             raise ValueError(f"{rf.student} is a RecurFormer conversion; stage {rf.stage} "
                              f"{'control ' if rf.control else ''}runs take the original model")
         self.teacher_path = rf.teacher or (self.conversion or {}).get("source") or rf.student
-        # the branches hold new weights (their own learning rate) unless they reuse the heads' rows (window)
-        self.new_branches = self.conversion is not None and not branch_class(self.conversion["mixer"]).pretrained
+        # the branches hold new weights (their own learning rate) unless they reuse the heads' rows (window); a
+        # branch may hold both (window_mamba2: layers/branches.py pretrained_parts)
+        self.branch_class = branch_class(self.conversion["mixer"]) if self.conversion is not None else None
         kind = "control" if rf.control else f"stage {rf.stage}"
         self.name = f"recurformer {kind} ({(self.conversion or {}).get('mixer', 'original')})"
 
@@ -265,7 +274,9 @@ class RecurFormerRecipe:
 
     def _is_new(self, name: str) -> bool:
         """A parameter of a branch with new (not pretrained) weights."""
-        return self.new_branches and ".branch." in name
+        if self.branch_class is None or ".branch." not in name:
+            return False
+        return is_new_branch_parameter(self.branch_class, name.split(".branch.", 1)[1])
 
     def param_groups(self, model: nn.Module, optim: OptimConfig) -> list[dict]:
         rf = self.settings

@@ -16,7 +16,7 @@ class RecurFormerConfig(PretrainedConfig):
     Args:
         base_config: the source model's config as a dict (`config.to_dict()`), model_type included.
         replaced_units: per layer, the KV units (KV head indices) served by the branch; the others stay attention.
-        mixer: the branch (layers/branches.py): "mamba2", "ddts" or "window".
+        mixer: the branch (layers/branches.py): "mamba2", "ddts", "window" or "window_mamba2".
         mixer_kwargs: the branch's options (e.g. {"state_size": 64}, {"window": 64, "sinks": 4}).
         attn_backend / decode_backend / gla_backend: ops backends ("auto": Triton / Flex on CUDA, PyTorch elsewhere).
     """
