@@ -201,6 +201,72 @@ def test_flex_eager_matches_reference(window, T, H, Hk, Hv):
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_bucket_lengths_are_powers_of_two_from_one_block():
+    from slimkv.ops.window_attn.flex import bucket_length
+
+    assert [bucket_length(T) for T in (1, 127, 128, 129, 1000, 1024, 1025, 8000)] == \
+        [128, 128, 128, 256, 1024, 1024, 2048, 8192]
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+@pytest.mark.parametrize("window,sinks", [(0, 0), (7, 0), (5, 3), (None, 0)])
+@pytest.mark.parametrize("T", [1, 5, 129, 200])
+def test_flex_padded_to_its_bucket_equals_the_spec(window, sinks, T, monkeypatch):
+    """A no-grad call runs at a power-of-two length (ops/window_attn/flex.py): the appended keys stay invisible to
+    every real query and the appended rows are dropped, with and without left padding and sinks."""
+    from slimkv.ops.window_attn import flex
+
+    built = []
+    real_mask = flex.window_block_mask
+    monkeypatch.setattr(flex, "window_block_mask", lambda T, *a, **kw: built.append(T) or real_mask(T, *a, **kw))
+    q, k, v = make_inputs(2, T, 4, 1, 4, D=16, Dv=16, dtype=torch.float32, seed=T)
+    pad = left_padding([T, max(1, T // 2)], T)
+    for mask in (None, pad):
+        expected = window_attention_reference(q, k, v, window, key_padding_mask=mask, sinks=sinks)
+        got = window_attention_flex(q, k, v, window, key_padding_mask=mask, compiled=False, sinks=sinks, bucket=True)
+        assert got.shape == expected.shape
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    # the block masks were built at the bucket's length, not at T
+    assert built == [flex.bucket_length(T)] * 2
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_no_grad_calls_of_many_lengths_share_a_few_compiled_lengths(monkeypatch):
+    """The mechanism behind the padding: evaluation lengths 130..1000 reach the kernel as 3 lengths, not 6; with
+    autograd on (training) the length is kept."""
+    from slimkv.ops.window_attn import flex
+
+    seen = []
+    real_mask = flex.window_block_mask
+    monkeypatch.setattr(flex, "window_block_mask", lambda T, *a, **kw: seen.append(T) or real_mask(T, *a, **kw))
+    with torch.no_grad():
+        for T in (130, 200, 255, 300, 513, 1000):
+            q, k, v = make_inputs(1, T, 2, 1, 2, D=8, Dv=8, dtype=torch.float32, seed=T)
+            window_attention_flex(q, k, v, 16, compiled=False, bucket=None if T % 2 else True)
+    # bucket=None off CUDA (not compiled) keeps the length; bucket=True pads
+    assert seen == [256, 256, 255, 512, 513, 1024]
+    # the default on CUDA (compiled): padded without autograd, exact with it (the compiled kernel stands in here)
+    from torch.nn.attention.flex_attention import flex_attention
+
+    monkeypatch.setattr(flex, "_compiled_flex_attention", lambda: flex_attention)
+    seen.clear()
+    q, k, v = make_inputs(1, 200, 2, 1, 2, D=8, Dv=8, dtype=torch.float32)
+    with torch.no_grad():
+        padded = window_attention_flex(q, k, v, 16, compiled=True, bucket=None)
+    exact = window_attention_flex(q, k, v, 16, compiled=True, bucket=None)
+    assert seen == [256, 200]
+    torch.testing.assert_close(padded, exact, rtol=1e-5, atol=1e-5)
+    # through the public op: only callers that ask for it (RecurFormer's window branches), never SW-SKA's prefill
+    buckets = []
+    real_flex = flex.window_attention_flex
+    monkeypatch.setattr(flex, "window_attention_flex",
+                        lambda *a, bucket=False, **kw: buckets.append(bucket) or real_flex(*a, bucket=bucket, **kw))
+    with torch.no_grad():
+        window_attention(q, k, v, 16, backend="flex", bucket_lengths=True)
+        window_attention(q, k, v, 16, backend="flex")
+    assert buckets == [None, False]
+
+
 @pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
 def test_flex_fully_padded_row_is_zero():
     q, k, v = make_inputs(2, 20, 4, 1, 4, D=16, Dv=16, dtype=torch.float32)

@@ -104,6 +104,23 @@ def test_window_mamba2_at_zero_init_is_the_window_branch_and_its_state_adds_to_i
         build_converted(source, [[1], [0]], "window_mamba2", init="attention", mixer_kwargs=options)
 
 
+def test_window_branches_ask_for_bucketed_lengths(monkeypatch):
+    """Evaluations of the window branches meet many lengths; their attention asks ops/window_attn for power-of-two
+    buckets (a no-op off CUDA), on the sequence path and on the path that continues a cache."""
+    import slimkv.layers.branch_window as branch_window
+
+    asked = []
+    real = branch_window.window_attention
+    monkeypatch.setattr(branch_window, "window_attention",
+                        lambda *a, bucket_lengths=False, **kw: asked.append(bucket_lengths) or real(*a, **kw))
+    model = converted("llama", "window_mamba2")
+    ids = _ids()
+    with torch.no_grad():
+        model(ids)
+        model.generate(ids, max_new_tokens=2, do_sample=False)
+    assert asked and all(asked)
+
+
 def test_window_branch_equals_the_source_while_its_window_covers_everything(family):
     source = tiny_source(family)
     ids = _ids(length=12)

@@ -66,8 +66,9 @@ class WindowBranch(nn.Module):
         k = apply_rope(self.k_proj(h).unflatten(-1, (-1, D)), cos, sin)
         v = self.v_proj(h).unflatten(-1, (-1, D))
         if state is None:
+            # evaluations meet many lengths: bucketed so the flex kernel compiles a few (ops/window_attn/flex.py)
             return window_attention(q, k, v, self.window, key_padding_mask=padding_mask, backend=self.attn_backend,
-                                    sinks=self.sinks)
+                                    sinks=self.sinks, bucket_lengths=True)
         valid = padding_mask if padding_mask is not None else torch.ones(B, T, dtype=torch.bool, device=h.device)
         keys, values, real = state["branch_key"], state["branch_value"], state["branch_valid"]
         S = self.sinks
@@ -77,7 +78,7 @@ class WindowBranch(nn.Module):
         out = window_attention(torch.cat([q.new_zeros(B, front, *q.shape[2:]), q], 1),
                                torch.cat([keys[:, :S], old_k, k], 1), torch.cat([values[:, :S], old_v, v], 1),
                                self.window, key_padding_mask=torch.cat([real[:, :S], old_valid, valid], 1),
-                               backend=self.attn_backend, sinks=S)[:, front:]
+                               backend=self.attn_backend, sinks=S, bucket_lengths=True)[:, front:]
         is_sink = valid & (positions < S)
         if S:
             # token at position p < sinks -> sink slot p (a one-hot sum over the new tokens picks it exactly)

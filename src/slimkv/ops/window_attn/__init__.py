@@ -88,6 +88,7 @@ def window_attention(
     backend: str = "auto",
     chunk_size: int = 128,
     sinks: int = 0,
+    bucket_lengths: bool = False,
 ) -> torch.Tensor:
     """Causal softmax attention over a sliding window, for a whole sequence (training and prefill).
 
@@ -103,6 +104,10 @@ def window_attention(
         chunk_size: query block of the chunked backend.
         sinks: attention sinks (StreamingLLM): each row's first `sinks` real keys stay visible to every later
             query beyond the window. Ignored when window is None (everything is visible anyway).
+        bucket_lengths: flex only: calls without autograd run at a power-of-two length (flex.py), so evaluations of
+            many lengths compile a few kernels instead of falling back to dense eager attention; the result is the
+            same. For callers whose lengths vary (RecurFormer's window branches); off for SW-SKA, whose long
+            prefills would pay for the padding.
     Returns:
         [B, T, H, Dv] in q's dtype; the softmax runs in float32 (float64 for float64 inputs).
 
@@ -118,7 +123,8 @@ def window_attention(
     if backend == "flex":
         from .flex import window_attention_flex
 
-        return window_attention_flex(q, k, v, window, scale, key_padding_mask, sinks=sinks)
+        return window_attention_flex(q, k, v, window, scale, key_padding_mask, sinks=sinks,
+                                     bucket=None if bucket_lengths else False)
     from .chunked import window_attention_chunked
 
     return window_attention_chunked(q, k, v, window, scale, key_padding_mask, chunk_size=chunk_size, sinks=sinks)

@@ -7,12 +7,19 @@ from it lets the fused kernel skip every key block outside the window, so time a
 On CUDA the compiled kernel runs; elsewhere flex_attention runs eagerly (dense scores, fine for tests only).
 FlexAttention needs key and value to have the same number of heads, so SW-SKA's single shared key (Hk = 1) is
 broadcast to the value heads as a stride-0 view, never copied.
+
+Lengths: torch.compile specialises the fused kernel per sequence length, and after its recompile limit runs
+flex_attention eagerly on dense scores. With `bucket`, calls without autograd (evaluations: perplexity windows,
+passkey prompts, prefills of every length) are padded at the end to a power of two (`bucket_length`): appended keys
+lie after every real query, so the causal mask hides them, and the appended queries are dropped. One evaluation then
+compiles a handful of lengths. Training keeps its exact length (one length per run, and no padded backward).
 """
 from __future__ import annotations
 
 import functools
 
 import torch
+import torch.nn.functional as F
 
 from .reference import key_ranks
 
@@ -65,6 +72,15 @@ def window_block_mask(T: int, window: int | None, key_padding_mask: torch.Tensor
     return create_block_mask(mask_mod, B, None, T, T, device=device, _compile=device.type == "cuda")
 
 
+# the fused kernel's block size: shorter sequences share one compiled length
+_MIN_BUCKET = 128
+
+
+def bucket_length(T: int) -> int:
+    """The length a no-grad call runs at: the next power of two, at least one block (128)."""
+    return max(_MIN_BUCKET, 1 << max(0, T - 1).bit_length())
+
+
 def _match_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
     """[B, Hx, T, E] -> [B, num_heads, T, E], head hx serving num_heads // Hx consecutive heads."""
     B, Hx, T, E = x.shape
@@ -84,10 +100,13 @@ def window_attention_flex(
     key_padding_mask: torch.Tensor | None = None,
     compiled: bool | None = None,
     sinks: int = 0,
+    bucket: bool | None = False,
 ) -> torch.Tensor:
     """q [B, T, H, D], k [B, T, Hk, D], v [B, T, Hv, Dv], key_padding_mask [B, T] (True = real) -> [B, T, H, Dv].
 
     compiled: run the fused kernel through torch.compile; default True on CUDA, False elsewhere.
+    bucket: pad T to `bucket_length(T)` and drop the appended rows (module docstring); None: when compiled and
+    autograd is off; default False (window_attention's bucket_lengths turns it on).
     """
     from torch.nn.attention.flex_attention import flex_attention
 
@@ -96,6 +115,15 @@ def window_attention_flex(
     scale = D**-0.5 if scale is None else scale
     if compiled is None:
         compiled = q.is_cuda
+    if bucket is None:
+        bucket = compiled and not torch.is_grad_enabled()
+    padded_length = bucket_length(T) if bucket else T
+    if padded_length != T:
+        extra = padded_length - T
+        q, k, v = (F.pad(x, (0, 0, 0, 0, 0, extra)) for x in (q, k, v))
+        if key_padding_mask is not None:
+            key_padding_mask = F.pad(key_padding_mask, (0, extra), value=False)
+        return window_attention_flex(q, k, v, window, scale, key_padding_mask, compiled, sinks, bucket=False)[:, :T]
     if not q.is_cuda and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
         raise ValueError("window_attention: the flex backend has no backward off CUDA; use backend='chunked'")
     # flex wants key and value with one head count dividing H: the larger of the two when it divides the other
