@@ -284,6 +284,7 @@ def test_parts_run_apart_merge_into_one_sweep(tmp_path, capsys):
     assert [(b["arch"], b["accuracy"]) for b in merged["best"]] == [
         (b["arch"], b["accuracy"]) for b in sorted(parts[1]["best"] + parts[0]["best"], key=lambda b: b["arch"])]
     assert len(merged["parts"]) == 2 and (out / "mqar.png").is_file()
+    assert "accuracy at 16x4:" in capsys.readouterr().out  # the parts' target, not the default 1024x256
     # a part of another protocol does not merge silently
     other = json.loads((tmp_path / "llama" / "mqar.json").read_text())
     other["target"] = "8x2"

@@ -32,7 +32,8 @@ def run(args: argparse.Namespace) -> int:
                   f"{record['steps']} steps in {record['train_seconds']:.0f}s", flush=True)
 
     report, json_path, png_path = sweep_to_folder(config, on_run=report_run)
-    print(f"best over learning rates, accuracy at {target}:")
+    # a merge scores at its parts' target (or --target), not at this command line's default test segments
+    print(f"best over learning rates, accuracy at {report['target']}:")
     for row in report["best"]:
         state = "full" if row["state_size"] is None else row["state_size"]
         seeds = (f", mean of seeds {','.join(map(str, row['seeds']))}: "
