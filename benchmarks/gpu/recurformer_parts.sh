@@ -3,6 +3,7 @@
 # them (docs/recurformer.md). Each part is one `slimkv recurformer experiment` process with the same plan and its
 # own --out; `--merge` joins them into one table afterwards. Run from the repository root, after assets.sh unpack:
 #
+#   prepare: bash benchmarks/gpu/recurformer_parts.sh prepare .assets-s/02     # in the call with the last piece
 #   start:  PLAN="--preset smollm2-gpu --steps-a 600 --steps-b 400 ..." \
 #           bash benchmarks/gpu/recurformer_parts.sh start /tmp/rf-c:original,control /tmp/rf-m:mamba2
 #   wait:   bash benchmarks/gpu/recurformer_parts.sh wait 540 /tmp/rf-c /tmp/rf-m    # in every later call
@@ -15,11 +16,23 @@
 # them) is never waited on (2026-12-03: an unanchored pattern matched the call itself and idled 7 device minutes).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+# /tmp/site: wheels carried to the machine (`prepare` installs them there)
+export PYTHONPATH="$PWD/src:/tmp/site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 LOGS="${LOGS:-/tmp/recurformer-logs}"
 action="${1:-}"; shift || true
 case "$action" in
+  prepare)
+    # everything a part needs, in the one call that carries the last asset piece (a call may find a fresh machine:
+    # 2026-12-03 lost a session's plan to a wheel installed in a call whose machine never started): the wheels of
+    # .whl/ (gguf: the model's GGUF conversion), the pieces joined and checked, the model fetched; stops at the
+    # first failure, before any part starts
+    [ -n "${1:-}" ] || { echo "usage: recurformer_parts.sh prepare PIECE_DIR (the last piece, assets.sh)" >&2; exit 2; }
+    if compgen -G ".whl/*.whl" > /dev/null; then
+      python3 -m pip install -q --no-deps --target /tmp/site .whl/*.whl
+    fi
+    bash benchmarks/gpu/assets.sh unpack "$1"
+    python3 -m slimkv.cli.main fetch "${ASSET:-smollm2}" ;;
   start)
     [ -n "${PLAN:-}" ] || { echo "recurformer_parts.sh: set PLAN to the experiment flags every part shares" >&2; exit 2; }
     mkdir -p "$LOGS"
@@ -53,5 +66,5 @@ print({k: round(v['ppl'], 2) for k, v in rows.items()})" "$out/results.json"
       ls -l "$OUT"
     fi ;;
   *)
-    echo "usage: recurformer_parts.sh start OUT:VARIANT,... ... | wait SECS OUT ..." >&2; exit 2 ;;
+    echo "usage: recurformer_parts.sh prepare PIECE_DIR | start OUT:VARIANT,... ... | wait SECS OUT ..." >&2; exit 2 ;;
 esac
