@@ -91,6 +91,24 @@ def test_stage_a_of_window_mamba2_trains_the_recurrent_part_around_the_frozen_wi
     assert moved and all(".branch.recurrent." in n for n in moved)
 
 
+def test_errors_by_position_average_to_the_stage_a_loss():
+    teacher = tiny_source("qwen2")
+    student = build_converted(teacher, [[1], [0]], "mamba2", init="zero")
+    with torch.no_grad():
+        for layer in student.model.layers:
+            layer.self_attn.branch.out_proj.weight.normal_(0, 0.3)
+    stage = BranchAlignment(student, teacher)
+    inputs, targets = _batch(0, batch=2, length=24)
+    errors = stage.errors_by_position(inputs)
+    assert errors.shape == (2, 24) and (errors > 0).all()
+    with torch.no_grad():
+        loss = stage(input_ids=inputs, targets=targets).loss
+    torch.testing.assert_close(errors.mean(), loss, rtol=1e-5, atol=0)
+    # zero output: every position's error is its target's square relative to the mean square, averaging to 1
+    zero = BranchAlignment(build_converted(teacher, [[1], [0]], "mamba2", init="zero"), teacher)
+    torch.testing.assert_close(zero.errors_by_position(inputs).mean(1), torch.ones(2), rtol=1e-5, atol=0)
+
+
 def test_stage_b_is_cross_entropy_plus_kl_to_the_teacher():
     teacher = tiny_source("llama")
     inputs, targets = _batch()

@@ -129,9 +129,13 @@ class _AlignBlock(nn.Module):
         self.layer_idx, self.replaced_heads, self.head_dim = layer_idx, attn.replaced_heads, attn.geo.head_dim
         self.branch = attn.branch
 
-    def forward(self, h: torch.Tensor, heads: torch.Tensor, rope=None, positions=None) -> torch.Tensor:
+    def outputs(self, h: torch.Tensor, heads: torch.Tensor, rope=None, positions=None):
+        """(the branch's output, the teacher's replaced heads), both [B, T, R, D] float32."""
         target = heads.unflatten(-1, (-1, self.head_dim))[:, :, self.replaced_heads].float()
-        got = self.branch(h, rope, positions).float()
+        return self.branch(h, rope, positions).float(), target
+
+    def forward(self, h: torch.Tensor, heads: torch.Tensor, rope=None, positions=None) -> torch.Tensor:
+        got, target = self.outputs(h, heads, rope, positions)
         return F.mse_loss(got, target) / target.pow(2).mean().clamp_min(1e-8)
 
 
@@ -177,16 +181,34 @@ class BranchAlignment(_WithTeacher):
             self._heads[layer_idx] = args[0].detach()
         return hook
 
-    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None) -> CausalLMOutputWithPast:
+    def _teacher_pass(self, input_ids: torch.Tensor):
+        """Run the teacher (its hooks record every converted layer) -> the RoPE tables and positions of the batch."""
         with torch.no_grad():
-            # the decoder alone: its hooks record every converted layer; the LM head is not needed
+            # the decoder alone; the LM head is not needed
             self.teacher.model(input_ids=input_ids, use_cache=False)
         B, T = input_ids.shape
         positions = torch.arange(T, device=input_ids.device).expand(B, T)
-        rope = rope_cos_sin(positions, 0, inv_freq=self.inv_freq(input_ids.device))
+        return rope_cos_sin(positions, 0, inv_freq=self.inv_freq(input_ids.device)), positions
+
+    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None) -> CausalLMOutputWithPast:
+        rope, positions = self._teacher_pass(input_ids)
         losses = [block(self._inputs.pop(block.layer_idx), self._heads.pop(block.layer_idx), rope, positions)
                   for block in self.model.layers]
         return CausalLMOutputWithPast(loss=torch.stack(losses).mean())
+
+    @torch.no_grad()
+    def errors_by_position(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """[converted layers, T]: each layer's squared error at every position, relative to its target's mean
+        square over the whole batch, averaged over the batch, heads and channels. Its mean over positions is that
+        layer's Stage A loss; how it grows past the training length says whether a branch extrapolates
+        (benchmarks/recurformer_branch_length.py)."""
+        rope, positions = self._teacher_pass(input_ids)
+        rows = []
+        for block in self.model.layers:
+            got, target = block.outputs(self._inputs.pop(block.layer_idx), self._heads.pop(block.layer_idx), rope,
+                                        positions)
+            rows.append((got - target).pow(2).mean(dim=(0, 2, 3)) / target.pow(2).mean().clamp_min(1e-8))
+        return torch.stack(rows)
 
 
 class Distillation(_WithTeacher):
