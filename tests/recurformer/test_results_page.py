@@ -64,6 +64,16 @@ def test_merge_refuses_other_plans_and_existing_results(tmp_path):
     Path(parts[1], "results.json").write_text(json.dumps(other))
     with pytest.raises(ValueError, match=r"ran another plan than .*rf1 \(steps_b: 60 vs 120\)"):
         merge_experiments(ExperimentPlan(out=str(tmp_path / "m"), merge=tuple(parts)))
+    # a field the older parts' plans lack (attn_window) counts as its default there: 64 merges, 128 does not
+    other["plan"]["steps_b"] = 120
+    for window, merges in ((128, False), (64, True)):
+        other["plan"]["attn_window"] = window
+        Path(parts[1], "results.json").write_text(json.dumps(other))
+        if merges:
+            merge_experiments(ExperimentPlan(out=str(tmp_path / "m64"), merge=tuple(parts)))
+        else:
+            with pytest.raises(ValueError, match=r"\(attn_window: 128 vs 64\)"):
+                merge_experiments(ExperimentPlan(out=str(tmp_path / "m"), merge=tuple(parts)))
     assert not (tmp_path / "m").exists()  # nothing written
     with pytest.raises(ValueError, match="no results.json in"):
         merge_experiments(ExperimentPlan(out=str(tmp_path / "m"), merge=(str(tmp_path / "nowhere"),)))

@@ -63,6 +63,10 @@ class ExperimentPlan:
     variants: tuple[Variant, ...] = setting(DEFAULT_VARIANTS, metavar="VARIANT,...")
     # the branch of the random and learned selections
     selection_branch: str = "mamba2"
+    # window and window_mamba2: previous tokens each replaced head sees in full
+    attn_window: int = ranged(64, ge=1)
+    # window and window_mamba2: first tokens each replaced head always sees (sinks)
+    attn_sinks: int = ranged(4, ge=0)
     # optimizer steps of the gates run (the learned selection)
     gate_steps: int = ranged(10, ge=1)
     # optimizer steps of Stage A (recurrent branches only)
@@ -143,7 +147,8 @@ def _convert(plan: ExperimentPlan, name: str, source: Path, mixer: str, select: 
     out = Path(plan.out) / "converted" / name
     if not (out / "conversion.json").is_file():
         convert(RecurFormerConvertConfig(model=str(source), out=str(out), ratio=plan.ratio, mixer=mixer,
-                                         select=select, profile=str(profile), gates=str(gates) if gates else None),
+                                         select=select, profile=str(profile), gates=str(gates) if gates else None,
+                                         attn_window=plan.attn_window, attn_sinks=plan.attn_sinks),
                 progress=False)
     return out
 
@@ -244,11 +249,14 @@ def merge_experiments(plan: ExperimentPlan) -> dict:
             raise ValueError(f"--merge: no results.json in {folder}")
         parts.append((Path(folder), json.loads(path.read_text())))
     first_dir, first = parts[0]
+    # a field added since a part ran (attn_window, 2026-12-03) counts as its default there
+    defaults = json.loads(json.dumps(asdict(ExperimentPlan())))
     for folder, part in parts[1:]:
         for key in sorted(set(first["plan"]) | set(part["plan"])):
-            if key not in _PER_PART and first["plan"].get(key) != part["plan"].get(key):
-                raise ValueError(f"--merge: {folder} ran another plan than {first_dir} ({key}: "
-                                 f"{part['plan'].get(key)!r} vs {first['plan'].get(key)!r})")
+            mine, theirs = (p["plan"].get(key, defaults.get(key)) for p in (part, first))
+            if key not in _PER_PART and mine != theirs:
+                raise ValueError(f"--merge: {folder} ran another plan than {first_dir} ({key}: {mine!r} vs "
+                                 f"{theirs!r})")
     rows, duplicates = {}, {}
     for variant in VARIANTS:
         scored = [(folder, part["rows"][variant]) for folder, part in parts if variant in part["rows"]]
