@@ -226,10 +226,11 @@ def test_counted_bytes_equal_the_live_cache(family, mixer):
         assert cache_bytes(model, 0) > 0
 
 
-def test_decode_step_is_graph_safe():
+@pytest.mark.parametrize("mixer", ["window", "window_mamba2"])
+def test_decode_step_is_graph_safe(mixer):
     """What generate() captures: traceable with no graph break (no host syncs or data-dependent Python), reading
     only device counters (the host counter may be stale), writing the cache in place."""
-    model = converted("qwen2", "window")
+    model = converted("qwen2", mixer)
     ids = _ids(2, 7)
     cache = model.allocate_cache(2, capacity=32)
     with torch.no_grad():
