@@ -108,3 +108,16 @@ def test_cache_bytes_of_the_source_count_every_kv_head():
     geo = attention_geometry(source.config)
     assert cache_bytes(source, 1000) == 2 * geo.num_layers * geo.num_kv_heads * geo.head_dim * 1000 * 4
     assert cache_bytes(source, 1000, dtype=torch.bfloat16) == cache_bytes(source, 1000) // 2
+
+
+def test_convert_passes_each_branch_the_options_it_takes():
+    from slimkv.recurformer.convert import RecurFormerConvertConfig
+
+    def options(mixer, **kw):
+        return RecurFormerConvertConfig(model="m", out="o", ratio=0.5, mixer=mixer, attn_window=32, attn_sinks=2,
+                                        **kw).mixer_kwargs()
+
+    assert options("mamba2") == {} and options("mamba2", state_size=16) == {"state_size": 16}
+    assert options("ddts", state_size=16) == {}
+    assert options("window", state_size=16) == {"window": 32, "sinks": 2}
+    assert options("window_mamba2", state_size=16) == {"window": 32, "sinks": 2, "state_size": 16}

@@ -129,15 +129,21 @@ def branch_class(name: str) -> type[nn.Module]:
     return BRANCHES[name]
 
 
+def branch_option_names(name: str) -> tuple[str, ...]:
+    """The options `name`'s branch takes (its constructor's keywords after the geometry)."""
+    params = inspect.signature(branch_class(name).__init__).parameters
+    return tuple(key for key in params if key not in ("self", "geometry"))
+
+
 def build_branch(name: str, geometry: BranchGeometry, options: dict | None = None,
                  backends: dict[str, str] | None = None) -> nn.Module:
     """`name`'s branch for `geometry`; `backends` (e.g. {"gla_backend": "auto"}) reach the ones its class takes."""
     cls = branch_class(name)
-    accepted = inspect.signature(cls.__init__).parameters
+    accepted = branch_option_names(name)
     unknown = [key for key in (options or {}) if key not in accepted]
     if unknown:
         raise ValueError(f"branch {name!r} has no option {', '.join(map(repr, unknown))}; it takes "
-                         f"{', '.join(k for k in accepted if k not in ('self', 'geometry'))}")
+                         f"{', '.join(accepted)}")
     chosen = {key: value for key, value in (backends or {}).items() if key in accepted}
     return cls(geometry, **{**chosen, **dict(options or {})})
 

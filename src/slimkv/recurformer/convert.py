@@ -217,13 +217,14 @@ class RecurFormerConvertConfig:
     allow_empty_layers: bool = False
 
     def mixer_kwargs(self) -> dict:
-        """The options of the --mixer branch that this config sets."""
-        options = {}
-        if self.mixer in ("mamba2", "window_mamba2") and self.state_size:
-            options["state_size"] = self.state_size
-        if self.mixer in ("window", "window_mamba2"):
-            options.update(window=self.attn_window, sinks=self.attn_sinks)
-        return options
+        """The options of the --mixer branch that this config sets: those its constructor takes."""
+        from ..layers.branches import branch_option_names
+
+        offered = {"window": self.attn_window, "sinks": self.attn_sinks}
+        if self.state_size:
+            offered["state_size"] = self.state_size
+        accepted = branch_option_names(self.mixer)
+        return {key: value for key, value in offered.items() if key in accepted}
 
 
 @dataclass
