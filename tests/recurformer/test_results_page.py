@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from slimkv.cli.main import main
-from slimkv.recurformer.experiments import ExperimentPlan, merge_experiments, plot, table, write_page
+from slimkv.recurformer.experiments import (ExperimentPlan, merge_experiments, plot, scored_commits, table,
+                                           write_page)
 
 RUN = Path(__file__).resolve().parents[2] / "docs" / "recurformer" / "gpu_smollm2_2026-12-02c"
 
@@ -55,6 +56,24 @@ def test_merge_reproduces_the_published_table(tmp_path, capsys):
         "control", "ddts-A", "ddts-B", "mamba2-A", "mamba2-B", "random-A", "window-B"]
     assert len(merged["duplicates"]["original"]) == 3 and len(set(merged["duplicates"]["original"].values())) == 1
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_merge_keeps_the_commit_each_row_was_scored_at(tmp_path):
+    parts = _parts(tmp_path)
+    # the second part (window, ddts and a duplicate original) as if run a session later, at another commit
+    late = Path(parts[1]) / "results.json"
+    record = json.loads(late.read_text())
+    first_commit = json.loads((Path(parts[0]) / "results.json").read_text())["header"]["git_commit"]
+    record["header"]["git_commit"] = "f" * 40
+    late.write_text(json.dumps(record))
+    merged = merge_experiments(ExperimentPlan(out=str(tmp_path / "m"), merge=tuple(parts)))
+    by_row = {name: row["commit"] for name, row in merged["rows"].items()}
+    assert by_row == {"original": first_commit, "control": first_commit, "window": "f" * 40,
+                      "mamba2": first_commit, "ddts": "f" * 40}
+    assert scored_commits(merged) == [first_commit, "f" * 40]
+    # a merge of merges keeps the rows' commits, not the first part's header
+    again = merge_experiments(ExperimentPlan(out=str(tmp_path / "m2"), merge=(str(tmp_path / "m"),)))
+    assert {name: row["commit"] for name, row in again["rows"].items()} == by_row
 
 
 def test_merge_refuses_other_plans_and_existing_results(tmp_path):

@@ -259,7 +259,10 @@ def merge_experiments(plan: ExperimentPlan) -> dict:
                                  f"{theirs!r})")
     rows, duplicates = {}, {}
     for variant in VARIANTS:
-        scored = [(folder, part["rows"][variant]) for folder, part in parts if variant in part["rows"]]
+        # each row keeps the commit it was scored at: the parts of a merge may have run apart by sessions
+        scored = [(folder, {**part["rows"][variant],
+                            "commit": part["rows"][variant].get("commit", part["header"].get("git_commit"))})
+                  for folder, part in parts if variant in part["rows"]]
         if scored:
             rows[variant] = scored[0][1]
             if len(scored) > 1:
@@ -404,6 +407,13 @@ def loss_curve(run_dir: Path) -> dict[int, float]:
     return dict(sorted(curve.items()))
 
 
+def scored_commits(results: dict) -> list[str]:
+    """The commits the rows were scored at, in row order without repeats (a merge's rows record theirs; an
+    unmerged run's are its header's)."""
+    default = str(results["header"].get("git_commit"))
+    return list(dict.fromkeys(str(row.get("commit", default)) for row in results["rows"].values()))
+
+
 def plot(results: dict, path: Path) -> None:
     """Perplexity vs cache at the first length, passkey accuracy per length, and the training curves."""
     import matplotlib
@@ -442,8 +452,9 @@ def plot(results: dict, path: Path) -> None:
     for ax in (ax_niah, ax_loss):
         if ax.get_legend_handles_labels()[0]:  # a results.json without its runs/ folder has no loss curves
             ax.legend(fontsize=7)
+    commits = scored_commits(results)
     fig.suptitle(f"RecurFormer on {Path(results['source']).name}, ratio {results['plan']['ratio']} "
-                 f"(commit {str(results['header'].get('git_commit'))[:12]})", fontsize=9)
+                 f"(commit{'s' if len(commits) > 1 else ''} {', '.join(c[:12] for c in commits)})", fontsize=9)
     fig.tight_layout()
     atomic_write(path, lambda handle: fig.savefig(handle, dpi=110, format="png"))
     plt.close(fig)
