@@ -208,4 +208,6 @@ def test_experiment_refuses_bad_plans_before_any_work(tmp_path, capsys):
     _fails([*experiment, "--preset", str(tmp_path / "none.yaml")], capsys, "does not exist")
     # (the closest name may be the field's own spelling, --steps_b, which is accepted too)
     _fails([*experiment, "--stepsb", "3"], capsys, "did you mean '--steps")
+    _fails([*experiment, "--length-context", "8192"], capsys,
+           "--length-context 8192 needs at least as many held-out tokens: --eval-tokens is 4096")
     assert not out.exists()

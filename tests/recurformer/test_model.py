@@ -311,3 +311,19 @@ def test_kept_heads_on_sdpa_equal_the_chunked_path(mixer, monkeypatch):
         torch.testing.assert_close(mine, spec, rtol=0, atol=1e-5)
     # two layers with kept heads, three forwards each: the kernel really ran
     assert len(calls) == 6
+
+
+@pytest.mark.parametrize("family,mixer", [("qwen2", "window_mamba2"), ("llama", "mamba2")])
+def test_length_curve_walks_the_converted_model_chunk_by_chunk(family, mixer):
+    # the experiment's perplexity by position (recurformer/experiments.py, eval/length.py) carries the cache
+    # between chunks: it must score what one forward over the whole sequence scores
+    from slimkv.eval.length import token_losses
+
+    model = converted(family, mixer).double()
+    assert hasattr(model, "allocate_cache")  # the chunked path, not the one-forward fallback
+    ids = _ids(batch=2, length=61)
+    logits = model(ids, use_cache=False).logits
+    want = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten(),
+                                             reduction="none").view(2, -1)
+    got = token_losses(model, ids, chunk=9)
+    assert got.shape == want.shape and torch.allclose(got, want, atol=1e-9)

@@ -43,6 +43,30 @@ def _parts(tmp_path: Path) -> list[str]:
     return [str(tmp_path / "parts" / name) for name in ("rf1", "rf2", "rf3")]
 
 
+def test_length_column_and_panel_from_the_rows_that_have_a_curve(tmp_path):
+    import math
+
+    from slimkv.eval.length import LengthCurve
+
+    results = _results(tmp_path)
+    # 64 bins of 128 over 8,192 tokens; loss log(10) in the first eighth, log(20) to the half, log(40) after
+    loss = [math.log(10)] * 8 + [math.log(20)] * 24 + [math.log(40)] * 32
+    curve = LengthCurve(length=8192, chunk=2048, bin_size=128, sequences=2, loss=loss, trained_length=2048)
+    results["rows"]["mamba2"]["length"] = curve.as_dict()
+    lines = table(results).splitlines()
+    assert "ppl at positions 0-1K/1K-4K/4K-8K" in lines[0]
+    rows = {line.split(" | ")[0].strip("| "): line for line in lines[2:]}
+    assert "| 10.00/20.00/40.00 |" in rows["mamba2"]
+    assert rows["ddts"].split(" | ")[-2] == "-"  # no curve: a dash, not a made-up value
+    from PIL import Image
+
+    plot(results, tmp_path / "with.png")
+    del results["rows"]["mamba2"]["length"]
+    plot(results, tmp_path / "without.png")
+    # the fourth panel widens the figure by a third
+    assert Image.open(tmp_path / "with.png").width > 1.25 * Image.open(tmp_path / "without.png").width
+
+
 def test_merge_reproduces_the_published_table(tmp_path, capsys):
     parts = _parts(tmp_path)
     out = tmp_path / "merged"

@@ -95,6 +95,11 @@ class ExperimentPlan:
     hashhop: int = ranged(8, ge=0)
     # context lengths at which the cache bytes are counted
     cache_lengths: tuple[int, ...] = setting((4096, 16384), ge=1)
+    # held-out loss by position (eval/length.py): sequences of this many held-out tokens, scored whole, so the
+    # perplexity past the training length shows (0 = not measured; at most --eval-tokens)
+    length_context: int = ranged(0, ge=0)
+    # the same: a converted model walks each sequence in chunks of this many tokens with its cache carried
+    length_chunk: int = ranged(2048, ge=1)
     # decode speed: ms per generated token after a prompt of this many tokens (0 = not measured)
     decode_context: int = ranged(0, ge=0)
     # decode speed: tokens generated per timing
@@ -117,6 +122,9 @@ def check_plan(plan: ExperimentPlan) -> None:
     if plan.selection_branch not in branch_names():
         raise ValueError(f"--selection-branch must be one of {list(branch_names())}, got {plan.selection_branch!r}"
                          + did_you_mean(plan.selection_branch, branch_names()))
+    if plan.length_context > plan.eval_tokens:
+        raise ValueError(f"--length-context {plan.length_context} needs at least as many held-out tokens: "
+                         f"--eval-tokens is {plan.eval_tokens}")
     # every run loads the preset with these overrides after its own; a bad one fails now, not after the profile
     load_recurformer_config(plan.preset, ["--recurformer.student=checked-later", *plan.overrides])
 
@@ -189,6 +197,7 @@ def evaluate_folder(folder: Path, plan: ExperimentPlan, heldout: torch.Tensor, d
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .. import models  # noqa: F401  (registers RecurFormer with the Auto classes)
+    from ..eval.length import loss_by_position
     from ..eval.niah import NIAHConfig, run_niah
     from ..eval.perplexity import token_nll
     from ..eval.speed import decode_ms_per_token
@@ -213,6 +222,12 @@ def evaluate_folder(folder: Path, plan: ExperimentPlan, heldout: torch.Tensor, d
         row["hashhop_exact_match"] = hashhop.evaluate(model, tokenizer, problems)["exact_match"]
     row["cache_bytes"] = {str(T): {"float32": cache_bytes(model, T),
                                    "bfloat16": cache_bytes(model, T, dtype=torch.bfloat16)} for T in plan.cache_lengths}
+    if plan.length_context:
+        started = time.perf_counter()
+        curve = loss_by_position(model, heldout, length=plan.length_context, chunk=plan.length_chunk,
+                                 bin_size=max(1, plan.length_context // 64), max_sequences=4, batch=1,
+                                 trained_length=plan.seq_len)
+        row["length"] = {**curve.as_dict(), "seconds": round(time.perf_counter() - started, 1)}
     if plan.decode_context:
         # bf16 weights, as served; the prompt is held-out text cycled to the context length
         model = model.to(torch.bfloat16)
@@ -229,7 +244,8 @@ def evaluate_folder(folder: Path, plan: ExperimentPlan, heldout: torch.Tensor, d
 
 
 # plan fields that may differ between the parts of a merge: everything else must match
-_PER_PART = ("out", "variants", "merge", "device")
+# (the length curve too: it only adds an evaluation, so a part without it merges with its rows lacking one)
+_PER_PART = ("out", "variants", "merge", "device", "length_context", "length_chunk")
 
 
 def merge_experiments(plan: ExperimentPlan) -> dict:
@@ -312,6 +328,9 @@ def run_experiments(plan: ExperimentPlan) -> dict:
         # checked before any training: the converted models refuse prompts past the source's position limit
         raise ValueError(f"--decode-context {plan.decode_context} + --decode-tokens {plan.decode_tokens} exceeds "
                          f"the model's max_position_embeddings={limit}; use at most {limit - plan.decode_tokens}")
+    if plan.length_context and limit and plan.length_context > limit:
+        raise ValueError(f"--length-context {plan.length_context} exceeds the model's max_position_embeddings="
+                         f"{limit}; use at most {limit}")
     tokenizer = AutoTokenizer.from_pretrained(source)
     documents = read_split_documents(fetch_corpus(), "heldout")
     text = "\n\n".join(documents)
@@ -357,6 +376,10 @@ def table(results: dict) -> str:
               "passkey " + "/".join(_tokens_label(n) for n in rows["original"]["niah"]["lengths"]),
               "HashHop EM"] + [f"cache {_tokens_label(T)} bf16 (MiB)" for T in lengths] + \
              [f"saved at {_tokens_label(lengths[0])}", "train tokens"]
+    length = next((row["length"] for row in rows.values() if "length" in row), None)
+    if length:
+        header.append("ppl at positions " + "/".join(f"{_tokens_label(lo) if lo else 0}-{_tokens_label(hi)}"
+                                                      for lo, hi, _ in length_bands(length)))
     decode = next((row["decode"]["context"] for row in rows.values() if "decode" in row), None)
     if decode:
         header.append(f"decode ms/token after {decode:,} tokens")
@@ -368,6 +391,8 @@ def table(results: dict) -> str:
         hh = row.get("hashhop_exact_match")
         cells = [name, f"{row['ppl']:.2f}", f"{100 * (row['ppl'] / control - 1):+.1f}%", niah,
                  "-" if hh is None else f"{hh:.2f}", *cache, f"{100 * saved:.1f}%", str(_trained_tokens(results, name))]
+        if length:
+            cells.append("/".join(f"{ppl:.2f}" for *_, ppl in length_bands(row["length"])) if "length" in row else "-")
         if decode:
             cells.append(f"{row['decode']['ms_per_token']:.2f}" if "decode" in row else "-")
         lines.append("| " + " | ".join(cells) + " |")
@@ -407,6 +432,19 @@ def loss_curve(run_dir: Path) -> dict[int, float]:
     return dict(sorted(curve.items()))
 
 
+def length_bands(curve: dict) -> list[tuple[int, int, float]]:
+    """(start, end, perplexity) of a length curve (`LengthCurve.as_dict`) over the first eighth of its positions,
+    up to the half, and the second half: near, middle and far context."""
+    L = curve["length"]
+    edges = [0, max(1, L // 8), max(2, L // 2), L]
+    bands = []
+    for lo, hi in zip(edges, edges[1:]):
+        losses = [loss for start, loss in zip(curve["positions"], curve["loss"]) if lo <= start < hi]
+        if losses:
+            bands.append((lo, hi, math.exp(sum(losses) / len(losses))))
+    return bands
+
+
 def scored_commits(results: dict) -> list[str]:
     """The commits the rows were scored at, in row order without repeats (a merge's rows record theirs; an
     unmerged run's are its header's)."""
@@ -423,7 +461,9 @@ def plot(results: dict, path: Path) -> None:
 
     rows = results["rows"]
     first = next(iter(rows["original"]["cache_bytes"]))
-    fig, (ax_ppl, ax_niah, ax_loss) = plt.subplots(1, 3, figsize=(15, 4.2))
+    with_length = [name for name, row in rows.items() if "length" in row]
+    fig, axes = plt.subplots(1, 4 if with_length else 3, figsize=(20 if with_length else 15, 4.2))
+    ax_ppl, ax_niah, ax_loss = axes[:3]
     # one colour per variant in all three panels (a run "mamba2-B" is variant "mamba2")
     colours = {name: f"C{i}" for i, name in enumerate(rows)}
     for i, (name, row) in enumerate(rows.items()):
@@ -449,7 +489,19 @@ def plot(results: dict, path: Path) -> None:
     ax_niah.set_xticks(niah_lengths, [_tokens_label(n) for n in niah_lengths])
     ax_niah.minorticks_off()
     ax_loss.set(xlabel="Stage B step", ylabel="training loss (CE + KL)", title="Stage B loss curves")
-    for ax in (ax_niah, ax_loss):
+    if with_length:
+        ax_len = axes[3]
+        for name in with_length:
+            curve = rows[name]["length"]
+            ax_len.plot(curve["positions"], [math.exp(v) for v in curve["loss"]], label=name, color=colours[name])
+        trained = rows[with_length[0]]["length"].get("trained_length")
+        if trained:
+            ax_len.axvline(trained, color="gray", ls=":", lw=1, label=f"training length {trained:,}")
+        ax_len.set(xlabel="position in the sequence (tokens)", ylabel="held-out perplexity", yscale="log",
+                   title="perplexity by position (past the training length)")
+        ax_len.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax_len.yaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
+    for ax in (ax_niah, ax_loss, *axes[3:]):
         if ax.get_legend_handles_labels()[0]:  # a results.json without its runs/ folder has no loss curves
             ax.legend(fontsize=7)
     commits = scored_commits(results)
