@@ -338,11 +338,15 @@ def run_experiments(plan: ExperimentPlan) -> dict:
     heldout = heldout[: plan.eval_tokens + 1]
     path = out / "results.json"
     results = json.loads(path.read_text()) if path.is_file() else {"rows": {}}
+    # rows scored by an earlier invocation keep that one's commit; the header becomes this one's
+    for row in results["rows"].values():
+        row.setdefault("commit", results.get("header", {}).get("git_commit"))
     results.update(plan=asdict(plan), header=machine_header(device), source=str(source))
     for variant, folder in iter_variants(plan, source):
         if variant not in results["rows"]:
             logger.info("evaluating %s (%s)", variant, folder)
-            results["rows"][variant] = {"folder": str(folder), **evaluate_folder(folder, plan, heldout, documents)}
+            results["rows"][variant] = {"folder": str(folder), "commit": results["header"].get("git_commit"),
+                                        **evaluate_folder(folder, plan, heldout, documents)}
             atomic_write_text(path, json.dumps(results, indent=1) + "\n")
     atomic_write_text(path, json.dumps(results, indent=1) + "\n")
     write_page(results, out)
@@ -453,7 +457,8 @@ def scored_commits(results: dict) -> list[str]:
 
 
 def plot(results: dict, path: Path) -> None:
-    """Perplexity vs cache at the first length, passkey accuracy per length, and the training curves."""
+    """Perplexity vs cache at the first length, passkey accuracy per length, the training curves, and (rows with
+    a length curve) perplexity by position."""
     import matplotlib
 
     matplotlib.use("Agg")
