@@ -211,3 +211,22 @@ def test_experiment_refuses_bad_plans_before_any_work(tmp_path, capsys):
     _fails([*experiment, "--length-context", "8192"], capsys,
            "--length-context 8192 needs at least as many held-out tokens: --eval-tokens is 4096")
     assert not out.exists()
+
+
+def test_experiment_passes_the_state_size_to_the_branches_that_take_one(tmp_path, monkeypatch):
+    """--state-size reaches the conversion of every variant; only the branches with a state size use it."""
+    from slimkv.recurformer import convert as convert_module
+    from slimkv.recurformer import experiments
+
+    configs = []
+    monkeypatch.setattr(convert_module, "convert", lambda config, progress=True: configs.append(config))
+    plan = experiments.ExperimentPlan(out=str(tmp_path), state_size=32)
+    for mixer in ("window_mamba2", "mamba2", "window", "ddts"):
+        experiments._convert(plan, mixer, tmp_path / "source", mixer, "recency", tmp_path / "profile.json", None)
+    assert [c.state_size for c in configs] == [32] * 4
+    assert [c.mixer_kwargs().get("state_size") for c in configs] == [32, 32, None, None]
+    # unset: the branch's own default (the head dim), not a number of ours
+    configs.clear()
+    experiments._convert(experiments.ExperimentPlan(out=str(tmp_path)), "m", tmp_path / "source", "mamba2",
+                         "recency", tmp_path / "profile.json", None)
+    assert "state_size" not in configs[0].mixer_kwargs()

@@ -26,7 +26,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Literal, Optional, get_args
 
 import torch
 
@@ -67,6 +67,9 @@ class ExperimentPlan:
     attn_window: int = ranged(64, ge=1)
     # window and window_mamba2: first tokens each replaced head always sees (sinks)
     attn_sinks: int = ranged(4, ge=0)
+    # mamba2 and window_mamba2 branches (the selections' too): state size N per replaced query head (none: the
+    # head dim); a smaller one keeps the saving where the KV cache is small to begin with (few KV heads: Qwen2.5)
+    state_size: Optional[int] = ranged(None, ge=1)
     # optimizer steps of the gates run (the learned selection)
     gate_steps: int = ranged(10, ge=1)
     # optimizer steps of Stage A (recurrent branches only)
@@ -156,7 +159,8 @@ def _convert(plan: ExperimentPlan, name: str, source: Path, mixer: str, select: 
     if not (out / "conversion.json").is_file():
         convert(RecurFormerConvertConfig(model=str(source), out=str(out), ratio=plan.ratio, mixer=mixer,
                                          select=select, profile=str(profile), gates=str(gates) if gates else None,
-                                         attn_window=plan.attn_window, attn_sinks=plan.attn_sinks),
+                                         attn_window=plan.attn_window, attn_sinks=plan.attn_sinks,
+                                         state_size=plan.state_size),
                 progress=False)
     return out
 
