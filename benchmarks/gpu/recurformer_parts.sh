@@ -9,7 +9,7 @@
 #   wait:   bash benchmarks/gpu/recurformer_parts.sh wait 540 /tmp/rf-c /tmp/rf-m    # in every later call
 #
 # `wait` returns when every part has exited or after SECS, and always ends by printing each part's scored rows and
-# packing its results, run records and logs (no weights) into $OUT/parts.tgz: what a call brings back is complete
+# packing its results, run records and log (no weights, no tokenizers) into $OUT/<part>.tgz: what a call brings back is complete
 # even if the machine is gone before the next. The machine goes back 30 s after a call: make the next call at once
 # and read the results afterwards (2026-12-03: a run of 9 minutes was lost while its partial results were read here).
 # The processes are matched by the start of their command line, so the calling shell (whose command line may name
@@ -56,13 +56,26 @@ case "$action" in
       for metrics in "$out"/runs/*/metrics.jsonl; do
         [ -f "$metrics" ] && echo "$(basename "$(dirname "$metrics")"): $(tail -1 "$metrics" | cut -c1-160)"
       done
-      [ -f "$out/results.json" ] && python3 -c "import json, sys; rows = json.load(open(sys.argv[1]))['rows']
-print({k: round(v['ppl'], 2) for k, v in rows.items()})" "$out/results.json"
+      # every row in one line each (what the output tail keeps if the archive is lost): ppl, passkey, bytes, decode
+      [ -f "$out/results.json" ] && python3 -c "import json, sys
+for name, row in json.load(open(sys.argv[1]))['rows'].items():
+    print(name, json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()
+                            if k in ('ppl', 'hashhop_exact_match', 'cache_bytes') or k == 'niah'}, separators=(',', ':'))[:600],
+          'decode', json.dumps(row.get('decode'))[:200])" "$out/results.json" || true
     done
     if [ -n "${OUT:-}" ]; then
-      names=(); for out in "$@"; do [ -d "$out" ] && names+=("$out"); done
-      tar czf "$OUT/parts.tgz" --exclude='*.safetensors' --exclude='*.pt' --exclude='*.bin' --exclude='checkpoints' \
-        "${names[@]}" "$LOGS" 2>/dev/null || true
+      # one archive per part, and only the records --merge and the results page read: each converted model folder
+      # holds a copy of the tokenizer (Qwen2.5's is 7 MB), and $OUT returns files of 16 MiB at most (2026-12-03: a
+      # 26 MB archive of three Qwen parts did not come back and the run's records were lost with the machine)
+      for out in "$@"; do
+        [ -d "$out" ] || continue
+        name="$(basename "$out")"
+        (cd "$(dirname "$out")" && find "$name" -maxdepth 1 -type f \( -name '*.json' -o -name '*.md' -o -name '*.png' \) \
+           && find "$name/runs" -mindepth 2 -maxdepth 2 -type f \( -name metrics.jsonl -o -name recurformer.json \) 2>/dev/null) \
+          > "/tmp/$name.files"
+        tar czf "$OUT/$name.tgz" -C "$(dirname "$out")" -T "/tmp/$name.files" \
+          -C "$LOGS" "$name.log" 2>/dev/null || true
+      done
       ls -l "$OUT"
     fi ;;
   *)
