@@ -20,6 +20,13 @@ case "${1:-}" in
   pack)
     out="$2"; mib="$3"; shift 3
     [ -e "$out" ] && { echo "assets.sh: $out exists; choose another folder" >&2; exit 2; }
+    # a call carries the working tree with its piece, 64 MiB in all (2026-12-03: 59 MiB pieces beside a 6.7 MiB
+    # tree were refused; leave 1 MiB for .whl)
+    tree=$( { git ls-files -z 2>/dev/null || true; } | xargs -0 -r stat -c %s | awk '{s += $1} END {print s + 0}')
+    if (( mib * 1048576 + tree > 63 * 1048576 )); then
+      echo "assets.sh: pieces of $mib MiB beside the $((tree / 1048576)) MiB working tree exceed a call's 64 MiB;" \
+           "use at most $(( (63 * 1048576 - tree) / 1048576 )) MiB" >&2; exit 2
+    fi
     mkdir -p "$out"
     tar cf - "$@" | xz -T0 "-${XZ_LEVEL:-6}" | split -d -a 2 -b "${mib}M" - "$out/part-"
     (cd "$out" && sha256sum part-* > manifest.sha256)

@@ -55,3 +55,13 @@ def test_pieces_carried_apart_unpack_to_the_same_files(tmp_path):
     # packing into a folder that exists is refused (nothing of the user's is overwritten)
     again = run(here, "pack", str(tmp_path / "pieces"), "1", "data", store=store)
     assert again.returncode == 2 and "exists" in again.stderr
+
+
+def test_pieces_too_large_for_one_call_are_refused(tmp_path):
+    here = checkout(tmp_path / "here")
+    (here / "data").mkdir()
+    (here / "data" / "notes.txt").write_text("x\n")
+    # a piece and the working tree travel together, 64 MiB in all: 64 MiB pieces can never go
+    refused = run(here, "pack", str(tmp_path / "pieces"), "64", "data", store=tmp_path / "unused")
+    assert refused.returncode == 2 and "use at most 63 MiB" in refused.stderr
+    assert not (tmp_path / "pieces").exists()
