@@ -24,7 +24,8 @@ def test_decode_timing_calls_generate_as_documented(monkeypatch):
     monkeypatch.setattr(type(model), "generate", spy)
     ids = torch.randint(0, 64, (1, 12))
     result = decode_ms_per_token(model, ids, new=5, repeats=2, warmup=True)
-    assert calls == [5, 1, 5, 1, 5]
+    # the warm-up runs both timed calls once, so neither timed t(1) nor t(new) pays a first-call cost
+    assert calls == [1, 5, 1, 5, 1, 5]
     assert len(result["ms_per_token_runs"]) == 2 and result["prefill_s"] > 0
     # the median of two runs is their mean
     assert result["ms_per_token"] == pytest.approx(sum(result["ms_per_token_runs"]) / 2)

@@ -38,12 +38,14 @@ def decode_ms_per_token(model, ids: torch.Tensor, new: int, repeats: int, kwargs
                         ) -> dict:
     """Median over `repeats` of (t(new) - t(1)) / (new - 1): the prefill cancels out. kwargs_fn() gives each
     generate() call its extra arguments (a fresh static cache for Llama's best path). warmup: one untimed
-    generate(new) first, so Triton compiles and CUDA-graph captures land outside the timings (a cold first t(1)
-    can outlast t(new) and give a negative run)."""
+    generate(1) and generate(new) first, so Triton compiles, CUDA-graph captures and any other first-call cost of
+    either land outside the timings (a cold first t(1) inflates the first run's t(1), so its ms/token reads low:
+    2.3 against 5.0 for the other runs of docs/recurformer.md's Qwen row before this warmed both)."""
     if new < 2:
         raise ValueError(f"decode_ms_per_token needs new >= 2 tokens, got {new}")
     device = ids.device
     if warmup:
+        greedy_generate(model, ids, 1, **kwargs_fn())
         greedy_generate(model, ids, new, **kwargs_fn())
     full, one = [], []
     for _ in range(repeats):
