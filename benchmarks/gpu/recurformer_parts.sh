@@ -9,8 +9,8 @@
 #   wait:   bash benchmarks/gpu/recurformer_parts.sh wait 540 /tmp/rf-c /tmp/rf-m    # in every later call
 #
 # `wait` returns when every part has exited or after SECS, and always ends by printing each part's scored rows and
-# packing its results, run records and log (no weights, no tokenizers) into $OUT/<part>.tgz: what a call brings back is complete
-# even if the machine is gone before the next. The machine goes back 30 s after a call: make the next call at once
+# packing its results, run records and log (no weights, no tokenizers) into $OUT/<part>.tgz: what a call brings
+# back is complete even if the machine is gone before the next. The machine goes back 30 s after a call: make the next call at once
 # and read the results afterwards (2026-12-03: a run of 9 minutes was lost while its partial results were read here).
 # The processes are matched by the start of their command line, so the calling shell (whose command line may name
 # them) is never waited on (2026-12-03: an unanchored pattern matched the call itself and idled 7 device minutes).
@@ -60,7 +60,7 @@ case "$action" in
       [ -f "$out/results.json" ] && python3 -c "import json, sys
 for name, row in json.load(open(sys.argv[1]))['rows'].items():
     print(name, json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()
-                            if k in ('ppl', 'hashhop_exact_match', 'cache_bytes') or k == 'niah'}, separators=(',', ':'))[:600],
+                            if k in ('ppl', 'niah', 'hashhop_exact_match', 'cache_bytes')}, separators=(',', ':'))[:600],
           'decode', json.dumps(row.get('decode'))[:200])" "$out/results.json" || true
     done
     if [ -n "${OUT:-}" ]; then
