@@ -126,6 +126,34 @@ def test_merge_refuses_other_plans_and_existing_results(tmp_path):
     assert (RUN / "results.json").read_bytes() == before
 
 
+
+def test_merge_compares_a_variant_read_field_only_between_parts_that_ran_a_reader(tmp_path):
+    parts = _parts(tmp_path)
+    # a fourth part: the learned selection alone, its gates trained 40 steps (the others' plans say 30)
+    learned = tmp_path / "parts" / "rf4"
+    learned.mkdir()
+    record = json.loads(Path(parts[0], "results.json").read_text())
+    row = dict(record["rows"]["mamba2"], ppl=41.5)
+    record["rows"], record["plan"]["gate_steps"] = {"learned": row}, 40
+    (learned / "results.json").write_text(json.dumps(record))
+    merged = merge_experiments(ExperimentPlan(out=str(tmp_path / "m"), merge=(*parts, str(learned))))
+    assert merged["rows"]["learned"]["ppl"] == 41.5 and merged["plan"]["gate_steps"] == 40
+    # a steps field every variant reads is still compared with every part
+    record["plan"]["steps_b"] = 60
+    (learned / "results.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=r"rf4 ran another plan than .*rf1 \(steps_b: 60 vs 120\)"):
+        merge_experiments(ExperimentPlan(out=str(tmp_path / "m2"), merge=(*parts, str(learned))))
+    # two parts that both ran the learned selection must agree on its gate steps
+    record["plan"]["steps_b"] = 120
+    (learned / "results.json").write_text(json.dumps(record))
+    other = tmp_path / "parts" / "rf5"
+    shutil.copytree(learned, other)
+    record["plan"]["gate_steps"] = 30
+    (other / "results.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=r"rf5 ran another plan than .*rf4 \(gate_steps: 30 vs 40\)"):
+        merge_experiments(ExperimentPlan(out=str(tmp_path / "m3"), merge=(*parts, str(learned), str(other))))
+    assert not (tmp_path / "m2").exists() and not (tmp_path / "m3").exists()
+
 DOUBLED = RUN.parent / "gpu_smollm2_2026-12-03"  # mamba2 alone on the GPU, merged with a part that scored the rest
 
 

@@ -250,6 +250,13 @@ def evaluate_folder(folder: Path, plan: ExperimentPlan, heldout: torch.Tensor, d
 # plan fields that may differ between the parts of a merge: everything else must match
 # (the length curve too: it only adds an evaluation, so a part without it merges with its rows lacking one)
 _PER_PART = ("out", "variants", "merge", "device", "length_context", "length_chunk")
+# plan fields only some variants read: two parts must agree on one only when both ran a reader (a part that runs
+# the learned selection alone may train its gates longer than the part that scored the original)
+_READ_BY = {"gate_steps": ("learned",), "selection_branch": ("random", "learned")}
+
+
+def _reads(part: dict, key: str) -> bool:
+    return key not in _READ_BY or any(v in part["rows"] for v in _READ_BY[key])
 
 
 def merge_experiments(plan: ExperimentPlan) -> dict:
@@ -268,15 +275,24 @@ def merge_experiments(plan: ExperimentPlan) -> dict:
         if not path.is_file():
             raise ValueError(f"--merge: no results.json in {folder}")
         parts.append((Path(folder), json.loads(path.read_text())))
-    first_dir, first = parts[0]
+    first = parts[0][1]
     # a field added since a part ran (attn_window, 2026-12-03) counts as its default there
     defaults = json.loads(json.dumps(asdict(ExperimentPlan())))
-    for folder, part in parts[1:]:
-        for key in sorted(set(first["plan"]) | set(part["plan"])):
-            mine, theirs = (p["plan"].get(key, defaults.get(key)) for p in (part, first))
-            if key not in _PER_PART and mine != theirs:
-                raise ValueError(f"--merge: {folder} ran another plan than {first_dir} ({key}: {mine!r} vs "
-                                 f"{theirs!r})")
+    for i, (folder, part) in enumerate(parts):
+        for other_dir, other in parts[:i]:
+            for key in sorted(set(other["plan"]) | set(part["plan"])):
+                if key in _PER_PART or not (_reads(part, key) and _reads(other, key)):
+                    continue
+                mine, theirs = (p["plan"].get(key, defaults.get(key)) for p in (part, other))
+                if mine != theirs:
+                    raise ValueError(f"--merge: {folder} ran another plan than {other_dir} ({key}: {mine!r} vs "
+                                     f"{theirs!r})")
+    # the merged plan: the first part's, a variant-read field from the first part that ran a reader
+    plan_fields = dict(first["plan"])
+    for key in _READ_BY:
+        readers = [part for _, part in parts if _reads(part, key)]
+        if readers:
+            plan_fields[key] = readers[0]["plan"].get(key, defaults.get(key))
     rows, duplicates = {}, {}
     for variant in VARIANTS:
         # each row keeps the commit it was scored at: the parts of a merge may have run apart by sessions
@@ -300,7 +316,7 @@ def merge_experiments(plan: ExperimentPlan) -> dict:
                     shutil.copy2(record.parent / name, target / name)
     results = {
         "rows": rows,
-        "plan": {**first["plan"], "out": str(out), "variants": list(rows), "merge": [str(f) for f, _ in parts]},
+        "plan": {**plan_fields, "out": str(out), "variants": list(rows), "merge": [str(f) for f, _ in parts]},
         "header": first["header"], "source": first["source"],
         "merged_from": {str(folder): list(part["rows"]) for folder, part in parts}, "duplicates": duplicates,
     }
