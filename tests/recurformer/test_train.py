@@ -144,6 +144,29 @@ def test_gates_start_at_full_attention_and_learn_to_stream():
         torch.testing.assert_close(source(inputs).logits, before, rtol=0, atol=0)
 
 
+
+def test_gates_backward_with_activation_checkpointing_recomputes_the_gated_pass():
+    # the GPU presets checkpoint every block: backward re-runs the gated forward, so the gating must still be on
+    # then (2026-12-04, H200: "a different number of tensors was saved during the original forward and
+    # recomputation", 57 vs 31, when the flag was reset as the forward returned)
+    from slimkv.train.parallelize import apply_activation_checkpointing, find_blocks
+
+    inputs, _ = _batch()
+    grads = []
+    for checkpointed in (False, True):
+        torch.manual_seed(0)
+        gates = UnitGates(tiny_source("llama"), window=2, sinks=1, sparsity=0.5)
+        with torch.no_grad():
+            gates.gates.copy_(torch.linspace(0.2, 0.9, gates.gates.numel()).view_as(gates.gates))
+        if checkpointed:
+            assert len(find_blocks(gates)) == gates.config.num_hidden_layers
+            apply_activation_checkpointing(gates)
+        gates(inputs).loss.backward()
+        grads.append(gates.gates.grad.clone())
+        assert not gates._gating  # off again once backward has ended: the source model is itself outside
+    assert grads[0].abs().max() > 1e-4  # the distillation term moves the gates, not only the penalty
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-7)
+
 def _folders(tmp_path, mixer="mamba2"):
     tokenizer = AutoTokenizer.from_pretrained(fetch_smollm2())
     source = tiny_source("llama")

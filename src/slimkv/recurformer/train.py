@@ -108,14 +108,23 @@ class UnitGates(_WithTeacher):
             return ((alpha * full + (1 - alpha) * stream).flatten(-2),)
         return hook
 
+    def _end_gating_after_backward(self, grad: torch.Tensor) -> None:
+        def end():
+            self._gating = False
+        torch.autograd.Variable._execution_engine.queue_callback(end)
+
     def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None) -> CausalLMOutputWithPast:
         with torch.no_grad():
             self._gating = False
             reference = self.model(input_ids=input_ids, use_cache=False).last_hidden_state.float()
         self._gating = True
-        try:
-            gated = self.model(input_ids=input_ids, use_cache=False).last_hidden_state.float()
-        finally:
+        gated = self.model(input_ids=input_ids, use_cache=False).last_hidden_state.float()
+        if gated.requires_grad:
+            # on until backward ends: with activation checkpointing backward re-runs each block's gated forward
+            # (train/parallelize.py) and must save the same tensors (2026-12-04 on the H200, the flag reset as the
+            # forward returned: 57 saved, 31 recomputed)
+            gated.register_hook(self._end_gating_after_backward)
+        else:
             self._gating = False
         distill = (gated - reference).pow(2).mean() / reference.pow(2).mean().clamp_min(1e-8)
         return CausalLMOutputWithPast(loss=distill + self.sparsity * self.gates.clamp(0, 1).mean())
