@@ -64,14 +64,17 @@ for name, row in json.load(open(sys.argv[1]))['rows'].items():
           'decode', json.dumps(row.get('decode'))[:200])" "$out/results.json" || true
     done
     if [ -n "${OUT:-}" ]; then
-      # one archive per part, and only the records --merge and the results page read: each converted model folder
+      # one archive per part, and only the records --merge and the results page read (and which units each
+      # conversion replaced, the learned gates: small, and what compares the selections): each converted model folder
       # holds a copy of the tokenizer (Qwen2.5's is 7 MB), and $OUT returns files of 16 MiB at most (2026-12-03: a
       # 26 MB archive of three Qwen parts did not come back and the run's records were lost with the machine)
       for out in "$@"; do
         [ -d "$out" ] || continue
         name="$(basename "$out")"
         (cd "$(dirname "$out")" && find "$name" -maxdepth 1 -type f \( -name '*.json' -o -name '*.md' -o -name '*.png' \) \
-           && find "$name/runs" -mindepth 2 -maxdepth 2 -type f \( -name metrics.jsonl -o -name recurformer.json \) 2>/dev/null) \
+           && find "$name/runs" -mindepth 2 -maxdepth 2 -type f \( -name metrics.jsonl -o -name recurformer.json \) 2>/dev/null \
+           && find "$name" -mindepth 2 -maxdepth 2 -type f -name conversion.json \
+           && find "$name/runs" -mindepth 3 -maxdepth 3 -type f -name gates.json 2>/dev/null) \
           > "/tmp/$name.files"
         tar czf "$OUT/$name.tgz" -C "$(dirname "$out")" -T "/tmp/$name.files" \
           -C "$LOGS" "$name.log" 2>/dev/null || true

@@ -36,6 +36,9 @@ def test_wait_packs_one_small_archive_per_part_and_prints_every_row(tmp_path):
     (run_dir / "model" / "model.safetensors").write_bytes(b"w" * 100_000)
     (part / "converted").mkdir()
     (part / "converted" / "tokenizer.json").write_bytes(b"t" * 100_000)
+    (part / "converted" / "conversion.json").write_text("{}")
+    (part / "runs" / "gates" / "model").mkdir(parents=True)
+    (part / "runs" / "gates" / "model" / "gates.json").write_text("{}")
 
     done = subprocess.run(["bash", str(root / "benchmarks" / "gpu" / "recurformer_parts.sh"), "wait", "1", str(part)],
                           capture_output=True, text=True, env={**os.environ, "LOGS": str(logs), "OUT": str(out)})
@@ -46,6 +49,7 @@ def test_wait_packs_one_small_archive_per_part_and_prints_every_row(tmp_path):
     assert '"ms_per_token": 4.96' in done.stdout
     with tarfile.open(out / "rq-w.tgz") as archive:
         names = sorted(archive.getnames())
-    assert names == ["rq-w.log", "rq-w/results.json", "rq-w/runs/window_mamba2-B/metrics.jsonl",
+    assert names == ["rq-w.log", "rq-w/converted/conversion.json", "rq-w/results.json",
+                     "rq-w/runs/gates/model/gates.json", "rq-w/runs/window_mamba2-B/metrics.jsonl",
                      "rq-w/runs/window_mamba2-B/recurformer.json"]
     assert sorted(p.name for p in out.iterdir()) == ["rq-w.tgz"]
