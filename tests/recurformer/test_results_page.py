@@ -126,7 +126,6 @@ def test_merge_refuses_other_plans_and_existing_results(tmp_path):
     assert (RUN / "results.json").read_bytes() == before
 
 
-
 def test_merge_compares_a_variant_read_field_only_between_parts_that_ran_a_reader(tmp_path):
     parts = _parts(tmp_path)
     # a fourth part: the learned selection alone, its gates trained 40 steps (the others' plans say 30)
@@ -153,6 +152,7 @@ def test_merge_compares_a_variant_read_field_only_between_parts_that_ran_a_reade
     with pytest.raises(ValueError, match=r"rf5 ran another plan than .*rf4 \(gate_steps: 30 vs 40\)"):
         merge_experiments(ExperimentPlan(out=str(tmp_path / "m3"), merge=(*parts, str(learned), str(other))))
     assert not (tmp_path / "m2").exists() and not (tmp_path / "m3").exists()
+
 
 DOUBLED = RUN.parent / "gpu_smollm2_2026-12-03"  # mamba2 alone on the GPU, merged with a part that scored the rest
 

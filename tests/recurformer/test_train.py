@@ -144,7 +144,6 @@ def test_gates_start_at_full_attention_and_learn_to_stream():
         torch.testing.assert_close(source(inputs).logits, before, rtol=0, atol=0)
 
 
-
 def test_gates_backward_with_activation_checkpointing_recomputes_the_gated_pass():
     # the GPU presets checkpoint every block: backward re-runs the gated forward, so the gating must still be on
     # then (2026-12-04, H200: "a different number of tensors was saved during the original forward and
@@ -166,6 +165,7 @@ def test_gates_backward_with_activation_checkpointing_recomputes_the_gated_pass(
         assert not gates._gating  # off again once backward has ended: the source model is itself outside
     assert grads[0].abs().max() > 1e-4  # the distillation term moves the gates, not only the penalty
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-7)
+
 
 def _folders(tmp_path, mixer="mamba2"):
     tokenizer = AutoTokenizer.from_pretrained(fetch_smollm2())

@@ -38,6 +38,8 @@ from .select import fraction_field
 logger = logging.getLogger(__name__)
 
 RECURRENT = ("mamba2", "ddts", "window_mamba2")
+# the selection ablations: their variant name is the selection rule, their branch plan.selection_branch
+SELECTIONS = ("random", "learned")
 
 
 Variant = Literal["original", "control", "window", "mamba2", "ddts", "window_mamba2", "random", "learned"]
@@ -185,8 +187,8 @@ def iter_variants(plan: ExperimentPlan, source: Path):
         elif variant == "control":
             yield variant, _train(plan, "control", source, "B", plan.steps_b, control=True)
         else:
-            mixer = plan.selection_branch if variant in ("random", "learned") else variant
-            select = {"random": "random", "learned": "learned"}.get(variant, "recency")
+            mixer = plan.selection_branch if variant in SELECTIONS else variant
+            select = variant if variant in SELECTIONS else "recency"
             if select == "learned" and gates is None:
                 gates = _train(plan, "gates", source, "gates", plan.gate_steps) / "gates.json"
             folder = _convert(plan, variant, source, mixer, select, profile, gates)
@@ -252,7 +254,7 @@ def evaluate_folder(folder: Path, plan: ExperimentPlan, heldout: torch.Tensor, d
 _PER_PART = ("out", "variants", "merge", "device", "length_context", "length_chunk")
 # plan fields only some variants read: two parts must agree on one only when both ran a reader (a part that runs
 # the learned selection alone may train its gates longer than the part that scored the original)
-_READ_BY = {"gate_steps": ("learned",), "selection_branch": ("random", "learned")}
+_READ_BY = {"gate_steps": ("learned",), "selection_branch": SELECTIONS}
 
 
 def _reads(part: dict, key: str) -> bool:
