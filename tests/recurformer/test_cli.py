@@ -224,7 +224,7 @@ def test_experiment_passes_the_state_size_to_the_branches_that_take_one(tmp_path
     for mixer in ("window_mamba2", "mamba2", "window", "ddts"):
         experiments._convert(plan, mixer, tmp_path / "source", mixer, "recency", tmp_path / "profile.json", None)
     assert [c.state_size for c in configs] == [32] * 4
-    assert [c.mixer_kwargs().get("state_size") for c in configs] == [32, 32, None, None]
+    assert [c.mixer_kwargs().get("state_size") for c in configs] == [32, 32, None, 32]
     # unset: the branch's own default (the head dim), not a number of ours
     configs.clear()
     experiments._convert(experiments.ExperimentPlan(out=str(tmp_path)), "m", tmp_path / "source", "mamba2",

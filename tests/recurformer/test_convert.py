@@ -67,6 +67,30 @@ def test_registry_builds_every_branch_and_checks_options():
         build_branch("window", geometry, {"state_size": 4})
 
 
+def test_state_size_sets_the_recurrent_branches_decode_state():
+    """--state-size is N of the Mamba2 state and n of DDTS: the state each keeps per replaced head shrinks with it."""
+    geometry = BranchGeometry(hidden_size=64, head_dim=16, num_heads=2, num_units=1)
+
+    def state_elements(name, options=None):
+        branch = build_branch(name, geometry, options, backends={"gla_backend": "chunked"})
+        return branch.state_shapes(1)["ssm_state"], branch
+
+    shape, ddts = state_elements("ddts")
+    assert ddts.mem_size == 64 and shape == (1, 1, 64, 2 * 16)      # unset: DDTS's own n
+    shape, ddts = state_elements("ddts", {"state_size": 8})
+    assert ddts.mem_size == 8 and shape == (1, 1, 8, 2 * 16)
+    assert ddts.qk_proj.out_features == 2 * 8                       # its q and k are n wide
+    shape, _ = state_elements("mamba2", {"state_size": 8})
+    assert shape == (1, 2, 8, 16)                                   # N x head dim per replaced head
+
+    # and the counted cache of a converted model: one float32 [n, R * D] state per layer with replaced units
+    source = tiny_source("llama")
+    units = [[0], [0]]
+    full, small = (build_converted(source, units, "ddts", mixer_kwargs=kw) for kw in ({}, {"state_size": 8}))
+    R_times_D = full.model.layers[0].self_attn.branch.num_heads * full.model.layers[0].self_attn.branch.head_dim
+    assert cache_bytes(full, 1000) - cache_bytes(small, 1000) == len(units) * (64 - 8) * R_times_D * 4
+
+
 def test_attention_init_reuses_the_pretrained_rows():
     source = tiny_source("qwen2")
     converted = build_converted(source, [[1], []], "mamba2", init="attention")
@@ -118,6 +142,6 @@ def test_convert_passes_each_branch_the_options_it_takes():
                                         **kw).mixer_kwargs()
 
     assert options("mamba2") == {} and options("mamba2", state_size=16) == {"state_size": 16}
-    assert options("ddts", state_size=16) == {}
+    assert options("ddts") == {} and options("ddts", state_size=16) == {"state_size": 16}
     assert options("window", state_size=16) == {"window": 32, "sinks": 2}
     assert options("window_mamba2", state_size=16) == {"window": 32, "sinks": 2, "state_size": 16}

@@ -3,7 +3,9 @@
 legend: d model width, R replaced query heads, D head dim
 
 Inner width = R * D, the replaced heads' output width, so the branch costs about what the heads did; its output
-[B, T, R * D] fills their slots. DDTS reads q / k from its own convolved features, so W_q / W_k have no slot to go
+[B, T, R * D] fills their slots. `state_size` is DDTS's expansion factor n (`mem_size`, spec/rodimus.md): the
+decode state is [n, R * D], so n per replaced head plays the role of the Mamba2 branch's N (layers/branch_mamba2.py)
+and `--state-size` sets both. DDTS reads q / k from its own convolved features, so W_q / W_k have no slot to go
 into: only the zero init exists (the official DDTS init, output projection zero).
 """
 from __future__ import annotations
@@ -19,10 +21,12 @@ from .ddts import DDTSMixer, ddts_gate_bias_init
 class DDTSBranch(ScanStateBranch, DDTSMixer):
     pretrained = False
 
-    def __init__(self, geometry: BranchGeometry, mem_size: int = 64, conv_size: int = 4, gla_backend: str = "auto",
-                 decode_backend: str = "auto", kernel_backend: str = "auto"):
+    def __init__(self, geometry: BranchGeometry, state_size: int | None = None, conv_size: int = 4,
+                 gla_backend: str = "auto", decode_backend: str = "auto", kernel_backend: str = "auto"):
         R, D = geometry.num_heads, geometry.head_dim
-        super().__init__(geometry.hidden_size, expand_ratio=R * D / geometry.hidden_size, mem_size=mem_size,
+        # none: DDTSMixer's own n (layers/ddts.py), the state every earlier ddts result was measured with
+        n = {"mem_size": state_size} if state_size else {}
+        super().__init__(geometry.hidden_size, expand_ratio=R * D / geometry.hidden_size, **n,
                          conv_size=conv_size, out_size=R * D, gla_backend=gla_backend, decode_backend=decode_backend,
                          kernel_backend=kernel_backend)
         self.num_heads, self.head_dim = R, D

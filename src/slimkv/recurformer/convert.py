@@ -211,7 +211,7 @@ class RecurFormerConvertConfig:
     attn_window: int = ranged(64, ge=1)
     # --mixer window / window_mamba2: first tokens always visible (sinks)
     attn_sinks: int = ranged(4, ge=0)
-    # --mixer mamba2 / window_mamba2: state size N (none: the head dim)
+    # --mixer mamba2 / window_mamba2 / ddts: state size N per replaced head (none: the head dim; ddts: its n, 64)
     state_size: Optional[int] = ranged(None, ge=1)
     # allow replacing every KV unit of a layer (models with one KV head per layer)
     allow_empty_layers: bool = False

@@ -69,8 +69,9 @@ class ExperimentPlan:
     attn_window: int = ranged(64, ge=1)
     # window and window_mamba2: first tokens each replaced head always sees (sinks)
     attn_sinks: int = ranged(4, ge=0)
-    # mamba2 and window_mamba2 branches (the selections' too): state size N per replaced query head (none: the
-    # head dim); a smaller one keeps the saving where the KV cache is small to begin with (few KV heads: Qwen2.5)
+    # mamba2, window_mamba2 and ddts branches (the selections' too): state size N per replaced query head (none:
+    # the head dim; ddts: its n, 64); a smaller one keeps the saving where the KV cache is small to begin with
+    # (few KV heads: Qwen2.5)
     state_size: Optional[int] = ranged(None, ge=1)
     # optimizer steps of the gates run (the learned selection)
     gate_steps: int = ranged(10, ge=1)
