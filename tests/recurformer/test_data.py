@@ -5,10 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from slimkv.recurformer.data import (HashHopSequences, LongDocumentWindows, MixtureSource, calibration_text,
-                                     mixture_counts)
+from slimkv.recurformer.data import HashHopSequences, LongDocumentWindows, calibration_text
 from slimkv.recurformer.hashhop import make_example
-from slimkv.train.batches import PackedTokenSource
+from slimkv.train.batches import MixtureSource, PackedTokenSource, mixture_counts
 
 
 def test_mixture_counts_round_shares_and_keep_every_source():

@@ -27,11 +27,9 @@ import numpy as np
 import torch
 
 from ..config import ranged, setting
+from ..data.passkey import INSTRUCTION, NEEDLE, QUESTION, random_key
+from ..data.passkey import encode as _encode
 
-INSTRUCTION = ("There is a pass key hidden inside a lot of irrelevant text. Find it and remember it; "
-               "you will be asked for it at the end.\n\n")
-NEEDLE = "\n\nThe pass key is {key}. Remember it. {key} is the pass key.\n\n"
-QUESTION = "\n\nWhat is the pass key? The pass key is"
 DEFAULT_LENGTHS = (1024, 2048, 4096, 8192, 16384, 32768)
 DEFAULT_DEPTHS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
@@ -84,13 +82,6 @@ def exact_match(completion: str, key: str) -> bool:
     """The first run of digits in the completion is exactly the key."""
     found = re.search(r"\d+", completion)
     return found is not None and found.group(0) == key
-
-
-def _encode(tokenizer, text: str) -> list[int]:
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        return backend.encode(text, add_special_tokens=False).ids
-    return list(tokenizer.encode(text, add_special_tokens=False))
 
 
 class Haystack:
@@ -195,7 +186,6 @@ def run_niah(model, tokenizer, documents: Sequence[str], config: NIAHConfig,
     model.eval()
     haystack = Haystack(tokenizer, documents, max(usable))
     rng = np.random.default_rng(config.seed)
-    low, high = 10 ** (config.key_digits - 1), 10 ** config.key_digits
     stop = [t for t in (getattr(tokenizer, "eos_token_id", None),) if t is not None]
     started = time.perf_counter()
     grid, rows = [], []
@@ -204,7 +194,7 @@ def run_niah(model, tokenizer, documents: Sequence[str], config: NIAHConfig,
         for depth in config.depths:
             hits = 0
             for trial in range(config.trials):
-                key = str(int(rng.integers(low, high)))
+                key = random_key(rng, config.key_digits)
                 ids, where = build_prompt(tokenizer, haystack, length, depth, key)
                 new = greedy_complete(model, ids, config.max_new_tokens, config.prefill_chunk, stop)
                 completion = tokenizer.decode(new, skip_special_tokens=True)

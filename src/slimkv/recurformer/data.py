@@ -26,13 +26,10 @@ import torch
 from ..data import fetch_corpus, prepare_data
 from ..data.reference import fetch_reference
 from ..data.user_text import read_text
+from ..train.batches import MixtureSource, mixture_counts
 from ..train.data_sources import DataSources
 from .config import MixtureConfig
 from .hashhop import make_example
-
-# mixture pattern length: shares are rounded to multiples of 1 / PERIOD
-PERIOD = 20
-
 
 def calibration_text(path: str | None = None, data_dir: str | None = None, split: str = "train") -> tuple[str, str]:
     """(text, where it came from): the file at `path`, else the corpus split (fetched on first use)."""
@@ -107,51 +104,6 @@ class HashHopSequences:
                 ids += self.tokenizer(problem.text, add_special_tokens=False).input_ids + [self.eos_id]
             rows.append(ids[:self.seq_len + 1])
         return torch.tensor(rows, dtype=torch.long)
-
-
-def mixture_counts(shares: dict[str, float], period: int = PERIOD) -> dict[str, int]:
-    """Shares -> slots per period (largest remainder; every positive share gets at least one slot)."""
-    shares = {name: share for name, share in shares.items() if share > 0}
-    total = sum(shares.values())
-    exact = {name: period * share / total for name, share in shares.items()}
-    counts = {name: max(1, int(value)) for name, value in exact.items()}
-    for name in sorted(exact, key=lambda n: exact[n] - int(exact[n]), reverse=True):
-        if sum(counts.values()) >= period:
-            break
-        counts[name] += 1
-    return counts
-
-
-class MixtureSource:
-    """Components interleaved in a fixed pattern of `sum(counts)` positions: position p reads component
-    pattern[p % period] at its own position (p // period) * count + (its occurrences before p in the pattern)."""
-
-    def __init__(self, components: dict[str, object], counts: dict[str, int]):
-        self.components = components
-        slots = [(k + 0.5) / n for name, n in counts.items() for k in range(n)]
-        names = [name for name, n in counts.items() for _ in range(n)]
-        self.pattern = [names[i] for i in sorted(range(len(names)), key=lambda i: slots[i])]
-        self.counts = counts
-        self.rank = [self.pattern[:i].count(name) for i, name in enumerate(self.pattern)]
-        first = next(iter(components.values()))
-        self.seq_len, self.vocab_size = first.seq_len, first.vocab_size
-
-    def __len__(self) -> int:
-        return sum(len(c) for c in self.components.values())
-
-    def sequences(self, positions) -> torch.Tensor:
-        period = len(self.pattern)
-        wanted: dict[str, list[tuple[int, int]]] = {}
-        positions = np.asarray(positions, dtype=np.int64).reshape(-1)
-        for row, position in enumerate(positions.tolist()):
-            cycle, slot = divmod(position, period)
-            name = self.pattern[slot]
-            wanted.setdefault(name, []).append((row, cycle * self.counts[name] + self.rank[slot]))
-        out = torch.empty(len(positions), self.seq_len + 1, dtype=torch.long)
-        for name, pairs in wanted.items():
-            rows, own = zip(*pairs)
-            out[list(rows)] = self.components[name].sequences(np.asarray(own, dtype=np.int64))
-        return out
 
 
 def training_sources(cfg: MixtureConfig, tokenizer_folder: str | Path, progress: bool = True) -> DataSources:

@@ -100,3 +100,52 @@ def synthetic_tokens(num_tokens: int, vocab_size: int, seed: int) -> np.ndarray:
     for t in range(2, num_tokens):
         tokens[t] = random_tokens[t] if noise[t] else table[(tokens[t - 1] + tokens[t - 2]) % vocab_size, choice[t]]
     return tokens
+
+
+# mixture pattern length: shares are rounded to multiples of 1 / MIXTURE_PERIOD
+MIXTURE_PERIOD = 20
+
+
+def mixture_counts(shares: dict[str, float], period: int = MIXTURE_PERIOD) -> dict[str, int]:
+    """Shares -> slots per period (largest remainder; every positive share gets at least one slot)."""
+    shares = {name: share for name, share in shares.items() if share > 0}
+    total = sum(shares.values())
+    exact = {name: period * share / total for name, share in shares.items()}
+    counts = {name: max(1, int(value)) for name, value in exact.items()}
+    for name in sorted(exact, key=lambda n: exact[n] - int(exact[n]), reverse=True):
+        if sum(counts.values()) >= period:
+            break
+        counts[name] += 1
+    return counts
+
+
+class MixtureSource:
+    """Components interleaved in a fixed pattern of `sum(counts)` positions: position p reads component
+    pattern[p % period] at its own position (p // period) * count + (its occurrences before p in the pattern)."""
+
+    def __init__(self, components: dict[str, object], counts: dict[str, int]):
+        self.components = components
+        slots = [(k + 0.5) / n for name, n in counts.items() for k in range(n)]
+        names = [name for name, n in counts.items() for _ in range(n)]
+        self.pattern = [names[i] for i in sorted(range(len(names)), key=lambda i: slots[i])]
+        self.counts = counts
+        self.rank = [self.pattern[:i].count(name) for i, name in enumerate(self.pattern)]
+        first = next(iter(components.values()))
+        self.seq_len, self.vocab_size = first.seq_len, first.vocab_size
+
+    def __len__(self) -> int:
+        return sum(len(c) for c in self.components.values())
+
+    def sequences(self, positions) -> torch.Tensor:
+        period = len(self.pattern)
+        wanted: dict[str, list[tuple[int, int]]] = {}
+        positions = np.asarray(positions, dtype=np.int64).reshape(-1)
+        for row, position in enumerate(positions.tolist()):
+            cycle, slot = divmod(position, period)
+            name = self.pattern[slot]
+            wanted.setdefault(name, []).append((row, cycle * self.counts[name] + self.rank[slot]))
+        out = torch.empty(len(positions), self.seq_len + 1, dtype=torch.long)
+        for name, pairs in wanted.items():
+            rows, own = zip(*pairs)
+            out[list(rows)] = self.components[name].sequences(np.asarray(own, dtype=np.int64))
+        return out

@@ -96,10 +96,16 @@ class DataConfig:
     synthetic_vocab_size: int = ranged(512, ge=2)
     # seed of the data order (kept separate from train.seed so model init and data order vary independently)
     seed: int = ranged(1234, ge=0)
+    # share of training sequences that are passkey problems in slimkv eval niah's format over the training text
+    # (data/passkey.py; rounded to twentieths), so small budgets learn the retrieval NIAH scores; 0 = plain text
+    passkey: float = ranged(0.0, ge=0, lt=1)
 
     def __post_init__(self) -> None:
         if isinstance(self.files, str):
             self.files = [part.strip() for part in self.files.split(",") if part.strip()]
+        if self.passkey and self.source == "synthetic":
+            raise ValueError("config field 'data.passkey' needs text: data.source corpus (or data.files), not "
+                             "synthetic")
 
     def resolved_data_dir(self) -> str:
         return str(data_root(self.data_dir))

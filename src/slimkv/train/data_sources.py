@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .batches import PackedTokenSource, SequenceSource, synthetic_tokens
+from .batches import MixtureSource, PackedTokenSource, SequenceSource, mixture_counts, synthetic_tokens
 from .config import DataConfig
 
 
@@ -58,8 +58,16 @@ def corpus_sources(cfg: DataConfig, progress: bool = True) -> DataSources:
         dist.barrier()
         if rank != 0:
             prepared = prepare(False)
-    return DataSources(train=prepared.dataset("train", seed=cfg.seed), heldout=prepared.dataset("heldout"),
-                       vocab_size=prepared.vocab_size, tokenizer_file=Path(prepared.tokenizer_path))
+    train = prepared.dataset("train", seed=cfg.seed)
+    if cfg.passkey:
+        from ..data.passkey import PasskeySequences
+
+        passkey = PasskeySequences(prepared.load_tokenizer(), prepared.tokens("train"), cfg.seq_len, prepared.eos_id,
+                                   prepared.vocab_size, seed=cfg.seed)
+        train = MixtureSource({"text": train, "passkey": passkey},
+                              mixture_counts({"text": 1.0 - cfg.passkey, "passkey": cfg.passkey}))
+    return DataSources(train=train, heldout=prepared.dataset("heldout"), vocab_size=prepared.vocab_size,
+                       tokenizer_file=Path(prepared.tokenizer_path))
 
 
 def build_sources(cfg: DataConfig) -> DataSources:
