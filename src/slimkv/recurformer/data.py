@@ -31,6 +31,7 @@ from ..train.data_sources import DataSources
 from .config import MixtureConfig
 from .hashhop import make_example
 
+
 def calibration_text(path: str | None = None, data_dir: str | None = None, split: str = "train") -> tuple[str, str]:
     """(text, where it came from): the file at `path`, else the corpus split (fetched on first use)."""
     if path:
