@@ -7,7 +7,6 @@ import torch
 
 from slimkv.recurformer.data import HashHopSequences, LongDocumentWindows, calibration_text
 from slimkv.recurformer.hashhop import make_example
-from slimkv.train.batches import PackedTokenSource
 
 
 def test_long_document_windows_never_cross_a_document_end():
